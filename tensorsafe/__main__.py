@@ -1,0 +1,3 @@
+from tensorsafe.cli import main
+
+main()

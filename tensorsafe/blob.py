@@ -1,0 +1,112 @@
+"""Byte spans: a window over a memory-mapped file or an in-memory buffer, read without copying."""
+from __future__ import annotations
+
+import io
+import mmap
+import os
+from dataclasses import dataclass
+
+from tensorsafe.errors import LimitExceeded, UnreadableFileError
+
+
+@dataclass(frozen=True)
+class Span:
+    """``buf[start:end]``; ``buf`` is bytes or a read-only mmap."""
+
+    buf: bytes | mmap.mmap
+    start: int
+    end: int
+
+    @classmethod
+    def of_bytes(cls, data: bytes) -> "Span":
+        return cls(data, 0, len(data))
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    def head(self, n: int) -> bytes:
+        return bytes(self.buf[self.start:min(self.end, self.start + n)])
+
+    def tail(self, n: int) -> bytes:
+        return bytes(self.buf[max(self.start, self.end - n):self.end])
+
+    def read(self, offset: int, n: int) -> bytes:
+        """``n`` bytes at ``offset`` relative to the span (fewer at its end)."""
+        lo = self.start + max(0, offset)
+        return bytes(self.buf[lo:min(self.end, lo + max(0, n))])
+
+    def sub(self, offset: int, size: int) -> "Span":
+        lo = min(self.end, self.start + max(0, offset))
+        return Span(self.buf, lo, min(self.end, lo + max(0, size)))
+
+    def tobytes(self, limit: int) -> bytes:
+        if self.size > limit:
+            raise LimitExceeded("MAX_MEMBER_BYTES", limit, f"{self.size:,} bytes is more than the {limit:,} allowed")
+        return bytes(self.buf[self.start:self.end])
+
+    def reader(self, max_read: int | None = None) -> "SpanReader":
+        return SpanReader(self, max_read)
+
+
+class SpanReader(io.RawIOBase):
+    """A seekable, read-only file object over a span (for zipfile, tarfile, gzip)."""
+
+    def __init__(self, span: Span, max_read: int | None = None):
+        super().__init__()
+        self.span = span
+        self.pos = 0
+        self.max_read = max_read
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.span.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.span.size - self.pos
+        if self.max_read is not None and n > self.max_read:
+            raise LimitExceeded("MAX_READ_BYTES", self.max_read, f"a single read of {n:,} bytes is too large")
+        data = self.span.read(self.pos, n)
+        self.pos += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+class MappedFile:
+    """A file opened read-only and memory-mapped (an empty file maps to ``b""``)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            self._fh = open(self.path, "rb")
+            size = os.fstat(self._fh.fileno()).st_size
+            self._map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        except (OSError, ValueError) as exc:
+            raise UnreadableFileError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", path=self.path) from exc
+        self.span = Span(self._map if self._map is not None else b"", 0, size)
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+        self._fh.close()
+
+    def __enter__(self) -> "MappedFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,113 @@
+"""The ``tensorsafe`` command: a thin click layer over the library API."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from tensorsafe import __version__
+from tensorsafe.errors import TensorsafeError
+from tensorsafe.formats import to_json, to_sarif, to_text
+from tensorsafe.limits import MAX_ARCHIVE_DEPTH, MAX_SCAN_SECONDS, ScanLimits
+from tensorsafe.containers.decompress import MAX_DECOMPRESSED_BYTES
+from tensorsafe.report import EXIT_UNREADABLE, Report
+
+
+class _Group(click.Group):
+    """Turns known errors into one line naming the file, exit code 2; ``--debug`` keeps tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TensorsafeError as exc:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"tensorsafe: error: {exc}", err=True)
+            ctx.exit(EXIT_UNREADABLE)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="tensorsafe")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def main(debug: bool) -> None:
+    """Make community model files safe to load: scan pickles, validate safetensors headers.
+
+    Exit codes: 0 clean, 1 a finding fails the policy, 2 a file could not be read or parsed
+    (or bad usage).
+    """
+
+
+def _emit(report: Report, fmt: str, output: Path | None, verbose: bool) -> None:
+    if fmt == "json":
+        text = json.dumps(to_json(report), indent=2)
+    elif fmt == "sarif":
+        text = json.dumps(to_sarif(report), indent=2)
+    else:
+        text = to_text(report, verbose=verbose)
+    if output is None:
+        click.echo(text)
+    else:
+        _write_atomically(output, text + "\n")
+        click.echo(to_text(report, verbose=False).splitlines()[-1], err=True)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tensorsafe-tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _format_option(f):
+    f = click.option("--json", "fmt", flag_value="json", help="Print the report as JSON (stable schema).")(f)
+    f = click.option("--sarif", "fmt", flag_value="sarif", help="Print the report as SARIF 2.1.0.")(f)
+    f = click.option("--text", "fmt", flag_value="text", default=True, help="Print readable text (default).")(f)
+    f = click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write the report to this file instead of standard output.")(f)
+    return f
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_format_option
+@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML policy file that extends the allowlist (replaces pyproject.toml's [tool.tensorsafe]).")
+@click.option("--explain", is_flag=True, help="Print fickling's decompiled view of every failing pickle.")
+@click.option("-v", "--verbose", is_flag=True, help="List clean files and every import with its tier.")
+@click.option("--max-depth", type=click.IntRange(0), default=MAX_ARCHIVE_DEPTH, show_default=True,
+              help="Deepest archive nesting to follow.")
+@click.option("--max-decompressed", type=click.IntRange(1), default=MAX_DECOMPRESSED_BYTES, show_default=True,
+              help="Most bytes one compressed stream may decompress to.")
+@click.option("--timeout", type=click.FloatRange(min=0.001), default=MAX_SCAN_SECONDS, show_default=True,
+              help="Seconds allowed per file.")
+def scan(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file: Path | None, explain: bool,
+         verbose: bool, max_depth: int, max_decompressed: int, timeout: float) -> None:
+    """Scan files and folders for pickles that can run code.
+
+    Every file is judged by its bytes, not its name: PyTorch zip and legacy checkpoints, raw and
+    compressed pickles, numpy and joblib files, tar and zip archives, nested to any depth.
+
+    \b
+    Examples:
+      tensorsafe scan model.ckpt
+      tensorsafe scan ./my-model-repo --sarif -o tensorsafe.sarif
+      tensorsafe scan suspicious.bin --explain
+    """
+    from tensorsafe.policy_file import load_policy_file
+    from tensorsafe.scanner import scan as scan_paths
+
+    policy = load_policy_file(policy_file).policy() if policy_file else None
+    limits = ScanLimits(max_depth=max_depth, max_decompressed_bytes=max_decompressed, timeout_seconds=timeout)
+    report = scan_paths(paths, policy, limits, explain=explain)
+    _emit(report, fmt, output, verbose)
+    if explain:
+        for fr in report.files:
+            for where, source in fr.explanations:
+                click.echo(f"\n--- {fr.path} [{where or 'pickle'}] decompiled by fickling (not executed) ---", err=True)
+                click.echo(source, err=True)
+    sys.exit(report.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Readers for the containers pickles hide in: zip, tar, compressed streams, numpy, legacy torch."""

@@ -1,0 +1,70 @@
+"""numpy ``.npy`` headers: parsed as Python literals, never by loading the array."""
+from __future__ import annotations
+
+import ast
+import struct
+from dataclasses import dataclass
+
+from tensorsafe.blob import Span
+from tensorsafe.errors import ParseError
+from tensorsafe.sniff import NPY_MAGIC
+
+MAX_NPY_HEADER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    descr: object
+    shape: tuple
+    fortran_order: bool
+    data_offset: int
+    has_object: bool
+
+
+def read_npy_header(span: Span) -> NpyHeader:
+    head = span.read(0, 12)
+    if len(head) < 10 or not head.startswith(NPY_MAGIC):
+        raise ParseError("not a .npy file (bad magic)")
+    major = head[6]
+    if major == 1:
+        size, start, encoding = struct.unpack_from("<H", head, 8)[0], 10, "latin-1"
+    elif major in (2, 3):
+        if len(head) < 12:
+            raise ParseError(".npy header is truncated")
+        size, start = struct.unpack_from("<I", head, 8)[0], 12
+        encoding = "utf-8" if major == 3 else "latin-1"
+    else:
+        raise ParseError(f"unsupported .npy format version {major}")
+    if size > MAX_NPY_HEADER_BYTES:
+        raise ParseError(f".npy header of {size:,} bytes is larger than {MAX_NPY_HEADER_BYTES:,}")
+    raw = span.read(start, size)
+    if len(raw) < size:
+        raise ParseError(".npy header is truncated")
+    header = _literal(raw, encoding)
+    descr = header["descr"]
+    shape = header["shape"]
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ParseError(f".npy shape {shape!r} is not a tuple of sizes")
+    return NpyHeader(descr, shape, bool(header.get("fortran_order", False)), start + size, _has_object(descr))
+
+
+def _literal(raw: bytes, encoding: str) -> dict:
+    try:
+        value = ast.literal_eval(raw.decode(encoding))
+    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError, TypeError) as exc:
+        raise ParseError(f".npy header is not a Python literal: {type(exc).__name__}") from None
+    if not isinstance(value, dict) or not {"descr", "shape"} <= value.keys():
+        raise ParseError(".npy header is not a dict with 'descr' and 'shape'")
+    return value
+
+
+def _has_object(descr: object) -> bool:
+    """Does the dtype hold Python objects anywhere (plain or nested in a record)?"""
+    from numpy.lib import format as npformat
+
+    try:
+        return bool(npformat.descr_to_dtype(descr).hasobject)
+    except (TypeError, ValueError, KeyError, IndexError, RecursionError):
+        if isinstance(descr, str):
+            return "O" in descr
+        raise ParseError(f".npy dtype {descr!r} cannot be understood") from None

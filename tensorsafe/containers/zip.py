@@ -1,0 +1,185 @@
+"""Zip archives read the way every loader might: central directory, local headers and the gaps.
+
+The central directory is parsed by ``zipfile`` (a well-kept parser, zip64 included); local
+headers, CRCs, flags, overlaps and duplicates are checked here, because readers disagree on
+exactly those and attackers use the disagreements.
+"""
+from __future__ import annotations
+
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+
+from tensorsafe.blob import Span
+from tensorsafe.containers.decompress import MAX_DECOMPRESSED_BYTES, decompress
+from tensorsafe.errors import LimitExceeded, ParseError
+
+MAX_ZIP_MEMBERS = 1_000_000
+MAX_CENTRAL_DIRECTORY_BYTES = 256 << 20
+LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+NORMAL_FLAG_BITS = 0x0002 | 0x0004 | 0x0008 | 0x0800
+"""Deflate options (bits 1-2), data descriptor (bit 3), UTF-8 names (bit 11)."""
+METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bz2",
+           zipfile.ZIP_LZMA: "lzma"}
+
+
+@dataclass
+class Anomaly:
+    rule_id: str
+    message: str
+    member: str | None = None
+    offset: int | None = None
+
+
+@dataclass
+class Member:
+    name: str
+    local_name: str
+    header_offset: int
+    data_offset: int
+    compressed_size: int
+    size: int
+    crc: int
+    method: int
+    flags: int
+
+    @property
+    def data_end(self) -> int:
+        return self.data_offset + self.compressed_size
+
+
+@dataclass
+class ZipView:
+    span: Span
+    members: list[Member] = field(default_factory=list)
+    anomalies: list[Anomaly] = field(default_factory=list)
+    front: int = 0
+    """Bytes before the first member (a pickle in front of a zip is read by torch.load)."""
+
+
+def open_zip(span: Span, max_members: int = MAX_ZIP_MEMBERS) -> ZipView:
+    """Parse the central directory and every local header; raises ``ParseError`` if unreadable."""
+    try:
+        zf = zipfile.ZipFile(span.reader(max_read=MAX_CENTRAL_DIRECTORY_BYTES))
+    except LimitExceeded:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error,
+            NotImplementedError, UnicodeDecodeError) as exc:
+        raise ParseError(f"cannot read the zip central directory: {exc}") from None
+    infos = zf.infolist()
+    if len(infos) > max_members:
+        raise LimitExceeded("MAX_ZIP_MEMBERS", max_members, f"{len(infos):,} zip members is more than allowed")
+    view = ZipView(span)
+    for info in infos:
+        member = _local_member(span, info, view.anomalies)
+        if member is not None:
+            view.members.append(member)
+    _check_layout(view, zf)
+    return view
+
+
+def _local_member(span: Span, info: zipfile.ZipInfo, anomalies: list[Anomaly]) -> Member | None:
+    raw = span.read(info.header_offset, LOCAL_HEADER.size)
+    if len(raw) < LOCAL_HEADER.size or raw[:4] != b"PK\x03\x04":
+        anomalies.append(Anomaly("ZIP-07", f"member {info.filename!r} has no local header at offset "
+                                 f"{info.header_offset}", info.filename, info.header_offset))
+        return None
+    (_, _, flags, method, _, _, crc, csize, usize, name_len, extra_len) = LOCAL_HEADER.unpack(raw)
+    name_raw = span.read(info.header_offset + LOCAL_HEADER.size, name_len)
+    local_name = name_raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+    data_offset = info.header_offset + LOCAL_HEADER.size + name_len + extra_len
+    member = Member(info.filename, local_name, info.header_offset, data_offset, info.compress_size,
+                    info.file_size, info.CRC, info.compress_type, info.flag_bits)
+    _check_member(member, flags, method, crc, csize, usize, anomalies)
+    if data_offset + info.compress_size > span.size:
+        anomalies.append(Anomaly("ZIP-06", f"member {info.filename!r} runs past the end of the file",
+                                 info.filename, info.header_offset))
+    return member
+
+
+def _check_member(m: Member, flags: int, method: int, crc: int, csize: int, usize: int,
+                  anomalies: list[Anomaly]) -> None:
+    if m.local_name != m.name and m.local_name.replace("\\", "/") != m.name:
+        anomalies.append(Anomaly("ZIP-01", f"central directory names {m.name!r} but the local header names "
+                                 f"{m.local_name!r}", m.name, m.header_offset))
+    unusual = (m.flags | flags) & ~NORMAL_FLAG_BITS
+    if unusual:
+        what = "encrypted" if unusual & 1 else f"flag bits 0x{unusual:04x}"
+        anomalies.append(Anomaly("ZIP-03", f"member {m.name!r} is {what}", m.name, m.header_offset))
+    if method != m.method or (flags & ~0x0800) != (m.flags & ~0x0800):
+        anomalies.append(Anomaly("ZIP-08", f"member {m.name!r}: local header and central directory disagree on "
+                                 "method or flags", m.name, m.header_offset))
+    elif not flags & 0x0008 and (csize, usize, crc) != (m.compressed_size & 0xFFFFFFFF, m.size & 0xFFFFFFFF,
+                                                       m.crc) and (csize, usize) != (0xFFFFFFFF, 0xFFFFFFFF):
+        anomalies.append(Anomaly("ZIP-08", f"member {m.name!r}: local header and central directory disagree on "
+                                 "sizes or CRC", m.name, m.header_offset))
+    if m.method == zipfile.ZIP_STORED and m.compressed_size != m.size:
+        anomalies.append(Anomaly("ZIP-08", f"stored member {m.name!r} has different compressed and "
+                                 "uncompressed sizes", m.name, m.header_offset))
+
+
+def _check_layout(view: ZipView, zf: zipfile.ZipFile) -> None:
+    seen: dict[str, int] = {}
+    for m in view.members:
+        seen[m.name] = seen.get(m.name, 0) + 1
+    for name, count in seen.items():
+        if count > 1:
+            view.anomalies.append(Anomaly("ZIP-04", f"{count} members are named {name!r}", name))
+    ordered = sorted(view.members, key=lambda m: m.header_offset)
+    for prev, cur in zip(ordered, ordered[1:]):
+        if cur.header_offset < prev.data_end:
+            view.anomalies.append(Anomaly("ZIP-06", f"members {prev.name!r} and {cur.name!r} overlap",
+                                          cur.name, cur.header_offset))
+    view.front = ordered[0].header_offset if ordered else zf.start_dir
+    if view.front > 0:
+        view.anomalies.append(Anomaly("ZIP-05", f"{view.front:,} bytes precede the first zip member",
+                                      None, 0))
+
+
+def member_span(view: ZipView, m: Member, limit: int = MAX_DECOMPRESSED_BYTES) -> Span:
+    """The member's bytes (a window for stored members); checks the CRC of what it reads."""
+    method = METHODS.get(m.method)
+    if method is None:
+        raise ParseError(f"unsupported compression method {m.method}")
+    if m.flags & 1:
+        raise ParseError("member is encrypted")
+    raw = view.span.sub(m.data_offset, m.compressed_size)
+    if raw.size != m.compressed_size:
+        raise ParseError("member data runs past the end of the file")
+    if method == "stored":
+        data_span = raw
+        crc = _crc32(raw)
+    else:
+        if method == "lzma":
+            raw = _strip_zip_lzma_header(raw)
+        data = decompress(raw, method, limit, allow_trailing=True)
+        data_span = Span.of_bytes(data)
+        crc = zlib.crc32(data)
+        if len(data) != m.size:
+            raise ParseError(f"decompresses to {len(data):,} bytes, the directory says {m.size:,}")
+    if crc != m.crc:
+        raise CrcMismatch(f"CRC-32 is 0x{crc:08x}, the directory says 0x{m.crc:08x}")
+    return data_span
+
+
+class CrcMismatch(ParseError):
+    """The member's bytes do not match its CRC-32."""
+
+
+def _strip_zip_lzma_header(raw: Span) -> Span:
+    """Zip's LZMA members start with a 4-byte version/size header and raw LZMA properties;
+    rewritten as the lzma "alone" format (properties, unknown-size marker, stream)."""
+    head = raw.read(0, 4)
+    if len(head) < 4:
+        raise ParseError("LZMA member header is truncated")
+    props_size = struct.unpack_from("<H", head, 2)[0]
+    props = raw.read(4, props_size)
+    return Span.of_bytes(props + b"\xff" * 8 + raw.read(4 + props_size, raw.size))
+
+
+def _crc32(span: Span, chunk: int = 1 << 22) -> int:
+    crc = 0
+    for pos in range(0, span.size, chunk):
+        crc = zlib.crc32(span.read(pos, chunk), crc)
+    return crc

@@ -1,0 +1,76 @@
+"""Scan a zip: report its tricks, then every member that a loader could unpickle."""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from tensorsafe.blob import Span
+from tensorsafe.containers.zip import CrcMismatch, Member, ZipView, member_span
+from tensorsafe.errors import LimitExceeded, ParseError
+from tensorsafe.report import Location
+
+if TYPE_CHECKING:
+    from tensorsafe.scanner import FileScan
+
+TORCH_PICKLE = re.compile(r"^(?:(.*)/)?data\.pkl$")
+TORCHSCRIPT_CODE = re.compile(r"(^|/)code/")
+
+
+def scan_zip_view(fs: "FileScan", view: ZipView, location: Location, depth: int) -> None:
+    prefix = _torch_prefix(view)
+    fs.note_kind("pytorch-zip" if prefix is not None else "zip")
+    for a in view.anomalies:
+        where = location.inside(a.member) if a.member else location
+        fs.add(a.rule_id, a.message, where.at(a.offset))
+    if view.front > 0:
+        fs.scan_span(view.span.sub(0, view.front), location.inside("<data before zip>"), depth + 1)
+    storage_keys: set[str] = set()
+    ordered = sorted(view.members, key=lambda m: (not m.name.endswith(".pkl"), m.header_offset))
+    torchscript_reported = False
+    for m in ordered:
+        if not fs.check_deadline(location):
+            return
+        if prefix is not None and _is_referenced_storage(m.name, prefix, storage_keys):
+            continue
+        if TORCHSCRIPT_CODE.search(m.name) and not torchscript_reported:
+            torchscript_reported = True
+            fs.add("ZIP-09", "the archive holds TorchScript code (torch.jit.load compiles and runs it)",
+                   location.inside(m.name))
+        before = set(fs.storage_keys)
+        _scan_member(fs, view, m, location, depth)
+        if prefix is not None and m.name == f"{prefix}data.pkl":
+            storage_keys |= fs.storage_keys - before
+
+
+def _scan_member(fs: "FileScan", view: ZipView, m: Member, location: Location, depth: int) -> None:
+    where = location.inside(m.name)
+    if m.flags & 1:
+        return  # reported as ZIP-03; encrypted bytes cannot be read
+    try:
+        span = member_span(view, m, fs.limits.max_decompressed_bytes)
+    except CrcMismatch as exc:
+        fs.add("ZIP-02", f"member {m.name!r}: {exc.message}", where)
+        span = view.span.sub(m.data_offset, m.compressed_size) if m.method == 0 else None
+        if span is None:
+            return
+    except LimitExceeded as exc:
+        fs.add_error(exc, "ARC-03", where)
+        return
+    except ParseError as exc:
+        fs.add("ZIP-07", f"member {m.name!r}: {exc.message}", where)
+        return
+    fs.scan_span(span, where, depth + 1, pickle_expected=m.name.endswith((".pkl", ".pickle")))
+
+
+def _torch_prefix(view: ZipView) -> str | None:
+    for m in view.members:
+        match = TORCH_PICKLE.match(m.name)
+        if match:
+            return f"{match.group(1)}/" if match.group(1) is not None else ""
+    return None
+
+
+def _is_referenced_storage(name: str, prefix: str, keys: set[str]) -> bool:
+    head = f"{prefix}data/"
+    return name.startswith(head) and name[len(head):] in keys
+

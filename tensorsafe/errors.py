@@ -1,0 +1,54 @@
+"""One exception hierarchy for tensorsafe: every error names the file and the place in it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TensorsafeError(Exception):
+    """Base class. ``path`` is the file at fault, ``location`` the place inside it."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, location: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.path = str(path) if path is not None else None
+        self.location = location
+
+    def __str__(self) -> str:
+        where = self.path or ""
+        if self.location:
+            where = f"{where} [{self.location}]" if where else f"[{self.location}]"
+        return f"{where}: {self.message}" if where else self.message
+
+
+class UnreadableFileError(TensorsafeError):
+    """The file could not be opened or read (permissions, missing, I/O error)."""
+
+
+class ParseError(TensorsafeError):
+    """The bytes do not follow the format they claim (pickle, zip, npy, ...)."""
+
+
+class PickleParseError(ParseError):
+    """A pickle stream could not be walked to its end: invalid opcode, truncation, bad stack."""
+
+    def __init__(self, message: str, *, offset: int, path: str | Path | None = None, location: str | None = None):
+        super().__init__(message, path=path, location=location)
+        self.offset = offset
+
+
+class LimitExceeded(TensorsafeError):
+    """A named safety limit was hit (``limit`` says which, ``value`` what it is set to)."""
+
+    def __init__(self, limit: str, value: int | float, message: str, *, path: str | Path | None = None,
+                 location: str | None = None):
+        super().__init__(message, path=path, location=location)
+        self.limit = limit
+        self.value = value
+
+
+class PolicyFileError(TensorsafeError):
+    """A policy file (or ``[tool.tensorsafe]`` table) is malformed."""
+
+
+class UsageError(TensorsafeError):
+    """The caller asked for something that cannot be done (bad option, missing path)."""

@@ -1,0 +1,23 @@
+"""The bounds of one scan. Each default is a named constant in the module that enforces it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tensorsafe.containers.decompress import MAX_DECOMPRESSED_BYTES
+from tensorsafe.containers.zip import MAX_ZIP_MEMBERS
+from tensorsafe.pickles.walker import MAX_MEMO_ENTRIES, MAX_OPCODES
+
+MAX_ARCHIVE_DEPTH = 6
+MAX_SCAN_SECONDS = 300.0
+MAX_PICKLES_PER_STREAM = 10_000
+
+
+@dataclass(frozen=True)
+class ScanLimits:
+    max_depth: int = MAX_ARCHIVE_DEPTH
+    max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES
+    max_members: int = MAX_ZIP_MEMBERS
+    max_opcodes: int = MAX_OPCODES
+    max_memo_entries: int = MAX_MEMO_ENTRIES
+    max_pickles_per_stream: int = MAX_PICKLES_PER_STREAM
+    timeout_seconds: float = MAX_SCAN_SECONDS

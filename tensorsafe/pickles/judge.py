@@ -1,0 +1,176 @@
+"""Turn a walked pickle into findings: every import judged by the policy, every call checked."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tensorsafe.errors import LimitExceeded, PickleParseError
+from tensorsafe.pickles.policy import INDIRECT_CALLERS, NESTED_PICKLE_LOADERS, Judgement, Policy, Tier
+from tensorsafe.pickles.values import BytesRef, Call, Global, Unresolved
+from tensorsafe.pickles.walker import PickleTrace
+from tensorsafe.report import Finding, Location
+
+_INVOKING_KINDS = frozenset({"reduce", "obj", "inst"})
+_CALL_KINDS = frozenset({"reduce", "obj", "inst", "newobj", "newobj_ex"})
+
+
+@dataclass
+class NestedPayload:
+    """Bytes a pickle hands to a loader: scanned as a nested pickle by the scanner."""
+
+    data: bytes | BytesRef
+    offset: int
+    loader: str
+
+
+
+@dataclass
+class Verdicts:
+    findings: list[Finding] = field(default_factory=list)
+    imports: Counter = field(default_factory=Counter)
+    tiers: dict[tuple[str, str], Tier] = field(default_factory=dict)
+    nested: list[NestedPayload] = field(default_factory=list)
+
+
+class TraceJudge:
+    """Judges one :class:`PickleTrace` found at ``location`` in ``path``."""
+
+    def __init__(self, policy: Policy, path: str, location: Location, base: int = 0):
+        self.policy = policy
+        self.base = base
+        self.path = path
+        self.location = location
+        self.out = Verdicts()
+        self._judged: dict[tuple[str, str], Judgement] = {}
+
+    def judge(self, trace: PickleTrace) -> Verdicts:
+        self._imports(trace)
+        for call in trace.calls:
+            self._call(call)
+        for offset, target, opcode in trace.modified:
+            self._add("PK-C03", f"{opcode} modifies the imported object {_describe(target)}",
+                      offset, _describe(target))
+        for offset in trace.out_of_band:
+            self._add("PK-S05", "NEXT_BUFFER refers to an out-of-band buffer that is not in the file", offset)
+        self._error(trace)
+        return self.out
+
+    # -- imports ---------------------------------------------------------------------------------
+    def _imports(self, trace: PickleTrace) -> None:
+        first_offset: dict[tuple[str, str], int] = {}
+        for g in trace.globals:
+            if isinstance(g, Unresolved):
+                self._add("PK-I04", f"import cannot be resolved without running the pickle: {g.reason}",
+                          g.offset, g.opcode)
+                continue
+            key = (g.module, g.name)
+            self.out.imports[key] += 1
+            first_offset.setdefault(key, g.offset)
+        for key, offset in first_offset.items():
+            j = self._judgement(key)
+            self.out.tiers[key] = j.tier
+            qualified = f"{key[0]}.{key[1]}"
+            count = self.out.imports[key]
+            times = f" ({count} times)" if count > 1 else ""
+            if j.tier is Tier.DANGEROUS:
+                self._add("PK-I01", f"imports {qualified}{times}: {j.reason}", offset, qualified)
+            elif j.tier is Tier.UNKNOWN:
+                self._add("PK-I02", f"imports {qualified}{times}, which is not in the allowlist", offset, qualified)
+            elif j.tier is Tier.BENIGN:
+                self._add("PK-I03", f"references {qualified}{times}: {j.reason}", offset, qualified)
+
+    def _judgement(self, key: tuple[str, str]) -> Judgement:
+        j = self._judged.get(key)
+        if j is None:
+            j = self._judged[key] = self.policy.judge(*key)
+        return j
+
+    # -- calls -----------------------------------------------------------------------------------
+    def _call(self, call: Call) -> None:
+        func = call.func
+        if call.kind == "additems":
+            return
+        if isinstance(func, Unresolved):
+            return
+        if not isinstance(func, Global):
+            self._add("PK-C01", f"{call.kind.upper()} calls {_describe(func)}, which is not an imported global",
+                      call.offset, _describe(func))
+            return
+        key = (func.module, func.name)
+        j = self._judgement(key)
+        if call.kind in _INVOKING_KINDS:
+            self._check_invocation(func, j, call.offset)
+        invoked_index = INDIRECT_CALLERS.get(key)
+        if invoked_index is not None:
+            self._indirect(call, invoked_index)
+        if key in NESTED_PICKLE_LOADERS:
+            self._nested(call, func)
+
+    def _check_invocation(self, func: Global, j: Judgement, offset: int) -> None:
+        if j.tier is Tier.BENIGN and not j.invocable:
+            self._add("PK-C02", f"calls {func.qualified} with arguments, which runs its constructor",
+                      offset, func.qualified)
+
+    def _indirect(self, call: Call, index: int) -> None:
+        args = call.args if isinstance(call.args, tuple) else ()
+        if len(args) <= index:
+            return
+        target = args[index]
+        if isinstance(target, Global):
+            if (target.module, target.name) == ("builtins", "object"):
+                return
+            self._check_invocation(target, self._judgement((target.module, target.name)), call.offset)
+        elif not isinstance(target, Unresolved):
+            self._add("PK-C01", f"{_describe(call.func)} is handed {_describe(target)} to call, "
+                      "which is not an imported global", call.offset, _describe(target))
+
+    def _nested(self, call: Call, func: Global) -> None:
+        for payload in _byte_arguments(call.args):
+            self.out.nested.append(NestedPayload(payload, call.offset, func.qualified))
+
+    # -- errors ----------------------------------------------------------------------------------
+    def _error(self, trace: PickleTrace) -> None:
+        err = trace.error
+        if err is None:
+            return
+        if isinstance(err, LimitExceeded):
+            self._add("PK-L01", f"{err.message} (limit {err.limit})", trace.end, err.limit)
+        elif isinstance(err, PickleParseError):
+            rule_id = "PK-S02" if trace.truncated else "PK-S01"
+            self._add(rule_id, err.message, err.offset)
+
+    def _add(self, rule_id: str, message: str, offset: int | None, trigger: str | None = None) -> None:
+        where = self.location.at(None if offset is None else offset - self.base)
+        self.out.findings.append(Finding(self.path, rule_id, message, where, trigger))
+
+
+def _byte_arguments(args: object, depth: int = 0) -> list[bytes | BytesRef]:
+    """Bytes found in a call's arguments, looking through tuples and simple wrapping calls."""
+    if depth > 4:
+        return []
+    if isinstance(args, (bytes, BytesRef)):
+        return [args]
+    if isinstance(args, str):
+        return [args.encode("latin-1", "replace")]
+    found: list[bytes | BytesRef] = []
+    if isinstance(args, (tuple, list)):
+        for a in args:
+            found.extend(_byte_arguments(a, depth + 1))
+    elif isinstance(args, Call):
+        found.extend(_byte_arguments(args.args, depth + 1))
+    return found
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Global):
+        return value.qualified
+    if isinstance(value, Call):
+        return f"the result of calling {_describe(value.func)}"
+    if isinstance(value, Unresolved):
+        return f"an unresolved import ({value.reason})"
+    return f"a {type(value).__name__} value"
+
+
+def judge_trace(trace: PickleTrace, policy: Policy, path: str, location: Location, base: int = 0) -> Verdicts:
+    """Findings for ``trace``; offsets are reported relative to ``base`` (the stream's start)."""
+    return TraceJudge(policy, path, location, base).judge(trace)

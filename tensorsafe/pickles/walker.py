@@ -1,0 +1,695 @@
+"""Pickle opcode walker: reads every opcode, keeps an inert stack, never imports or calls anything.
+
+Written by hand on purpose (safety and speed): ``pickletools.genops`` trusts length fields when it
+reads from a file, knows nothing of the memo or the stack, and cannot tell which value an opcode
+calls. This walker bounds every read against its buffer, resolves ``STACK_GLOBAL`` operands
+through the memo exactly as the unpickler would, and records every import, call and mutation.
+It mirrors CPython's C unpickler (stack fences at marks, ``_compat_pickle`` import fixing) and
+is at least as lenient, so nothing the real loader would execute can hide behind an early error.
+"""
+from __future__ import annotations
+
+import codecs
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tensorsafe.errors import LimitExceeded, ParseError, PickleParseError
+from tensorsafe.pickles.values import BytesRef, Call, Global, OutOfBand, PersistentRef, Unresolved
+
+MAX_OPCODES = 100_000_000
+MAX_MEMO_ENTRIES = 20_000_000
+INLINE_BYTES_LIMIT = 1 << 20
+"""Bytes arguments longer than this stay in the source buffer as a ``BytesRef``."""
+DEADLINE_CHECK_INTERVAL = 1 << 15
+HIGHEST_PROTOCOL = 5
+
+_I4 = struct.Struct("<i").unpack_from
+_U4 = struct.Struct("<I").unpack_from
+_U2 = struct.Struct("<H").unpack_from
+_U8 = struct.Struct("<Q").unpack_from
+_F8 = struct.Struct(">d").unpack_from
+
+
+class BuildHook(Protocol):
+    """Called after ``BUILD``; returns the offset to resume at when raw data follows (joblib)."""
+
+    def __call__(self, obj: object, pos: int, frame_end: int) -> int | None: ...
+
+
+@dataclass
+class PickleTrace:
+    """Everything one pickle stream would import, call and modify, without running it."""
+
+    start: int
+    end: int = 0
+    protocol: int = 0
+    root: object = None
+    stopped: bool = False
+    opcodes: int = 0
+    globals: list[Global | Unresolved] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    modified: list[tuple[int, object, str]] = field(default_factory=list)
+    persistent: list[PersistentRef] = field(default_factory=list)
+    out_of_band: list[int] = field(default_factory=list)
+    error: PickleParseError | LimitExceeded | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return isinstance(self.error, PickleParseError) and getattr(self.error, "truncated", False)
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _fix_import(module: str, name: str) -> tuple[str, str]:
+    """Apply the Python 2 name fixes the unpickler applies (``__builtin__`` -> ``builtins``, ...)."""
+    import _compat_pickle
+
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def _pop_fenced(stack: list, fence: int) -> object:
+    if len(stack) <= fence:
+        raise _Invalid("unpickling stack underflow")
+    return stack.pop()
+
+
+def _decode_quoted_string(raw: bytes) -> str:
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[:1] in (b"'", b'"'):
+        try:
+            return codecs.escape_decode(raw[1:-1])[0].decode("latin-1")
+        except ValueError as exc:
+            raise _Invalid(f"bad STRING argument: {exc}") from None
+    raise _Invalid("the STRING opcode argument must be quoted")
+
+
+def _parse_int(raw: bytes, what: str) -> int:
+    try:
+        return int(raw, 0)
+    except ValueError:
+        try:
+            return int(raw, 10)
+        except ValueError:
+            raise _Invalid(f"bad {what} argument {raw[:40]!r}") from None
+
+
+class Walker:
+    """Walks one pickle stream in ``data[start:end]``. Use :func:`walk`."""
+
+    def __init__(self, data, start: int, end: int, *, max_opcodes: int = MAX_OPCODES,
+                 max_memo: int = MAX_MEMO_ENTRIES, deadline: float | None = None,
+                 build_hook: BuildHook | None = None):
+        self.data = data
+        self.end = end
+        self.max_opcodes = max_opcodes
+        self.max_memo = max_memo
+        self.deadline = deadline
+        self.build_hook = build_hook
+        self.trace = PickleTrace(start=start)
+        self.stack: list = []
+        self.marks: list[int] = []
+        self.memo: dict[int, object] = {}
+        self.frame_end = start
+
+    # -- reading arguments ---------------------------------------------------------------------
+    def _need(self, pos: int, n: int) -> None:
+        if n < 0 or pos + n > self.end:
+            raise _Truncated(f"needs {n} bytes at offset {pos}, stream ends at {self.end}")
+
+    def _line(self, pos: int) -> tuple[bytes, int]:
+        nl = self.data.find(b"\n", pos, self.end)
+        if nl < 0:
+            raise _Truncated("line argument has no newline before the end of the stream")
+        return bytes(self.data[pos:nl]), nl + 1
+
+    def _counted(self, pos: int, n: int, kind: str, as_text: bool):
+        self._need(pos, n)
+        if as_text:
+            try:
+                return str(self.data[pos:pos + n], "utf-8", "surrogatepass"), pos + n
+            except UnicodeDecodeError as exc:
+                raise _Invalid(f"{kind} is not valid UTF-8: {exc.reason}") from None
+        if n > INLINE_BYTES_LIMIT:
+            return BytesRef(pos, n, kind), pos + n
+        return bytes(self.data[pos:pos + n]), pos + n
+
+    # -- stack helpers -------------------------------------------------------------------------
+    @property
+    def fence(self) -> int:
+        return self.marks[-1] if self.marks else 0
+
+    def _pop_mark(self) -> list:
+        if not self.marks:
+            raise _Invalid("could not find MARK")
+        mark = self.marks.pop()
+        items = self.stack[mark:]
+        del self.stack[mark:]
+        return items
+
+    def _top(self) -> object:
+        if len(self.stack) <= self.fence:
+            raise _Invalid("unpickling stack underflow")
+        return self.stack[-1]
+
+    def _memo_put(self, index: int, offset: int) -> None:
+        if index < 0:
+            raise _Invalid("negative PUT argument")
+        if len(self.memo) >= self.max_memo and index not in self.memo:
+            raise LimitExceeded("MAX_MEMO_ENTRIES", self.max_memo,
+                                f"memo grows past {self.max_memo:,} entries", location=f"@{offset}")
+        self.memo[index] = self._top()
+
+    def _memo_get(self, index: int) -> None:
+        try:
+            self.stack.append(self.memo[index])
+        except KeyError:
+            raise _Invalid(f"memo value not found at index {index}") from None
+
+    def _import(self, module: str, name: str, offset: int, opcode: str) -> Global:
+        module, name = _fix_import(module, name)
+        g = Global(module, name, offset, opcode)
+        self.trace.globals.append(g)
+        return g
+
+    def _call(self, func: object, args: object, kind: str, offset: int, kwargs: object = None) -> Call:
+        c = Call(func, args, kind, offset, kwargs)
+        self.trace.calls.append(c)
+        return c
+
+    def _modify(self, target: object, offset: int, opcode: str) -> None:
+        if isinstance(target, (Global, Unresolved)):
+            self.trace.modified.append((offset, target, opcode))
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> PickleTrace:
+        trace = self.trace
+        pos = trace.start
+        try:
+            pos = self._loop(pos)
+        except _Truncated as exc:
+            trace.error = _parse_error(f"truncated pickle: {exc}", self._op_offset, truncated=True)
+        except _Invalid as exc:
+            trace.error = _parse_error(str(exc), self._op_offset, truncated=False)
+        except LimitExceeded as exc:
+            trace.error = exc
+        except PickleParseError as exc:  # raised by a build hook for data it could not follow
+            trace.error = _parse_error(exc.message, exc.offset, truncated=False)
+        except ParseError as exc:
+            trace.error = _parse_error(exc.message, self._op_offset, truncated=False)
+        except RecursionError:  # cannot happen in the loop itself; kept so a bug never passes as clean
+            trace.error = _parse_error("recursion while walking pickle", self._op_offset, truncated=False)
+        trace.end = pos if trace.stopped else self._op_offset
+        return trace
+
+    _op_offset = 0
+
+    def _loop(self, pos: int) -> int:
+        # One long function on purpose: locals and an if-chain ordered by frequency in real
+        # checkpoints keep the per-opcode cost low (this loop is the scanner's hot path).
+        data, end, stack, memo, marks, trace = self.data, self.end, self.stack, self.memo, self.marks, self.trace
+        append = stack.append
+        count = 0
+        limit = self.max_opcodes
+        while True:
+            if pos >= end:
+                self._op_offset = pos
+                raise _Truncated("stream ends before STOP")
+            self._op_offset = pos
+            op = data[pos]
+            pos += 1
+            count += 1
+            if count & (DEADLINE_CHECK_INTERVAL - 1) == 0:
+                self._check_budget(count, limit, pos)
+            if op == 0x71:  # q BINPUT
+                self._need(pos, 1)
+                self._memo_put(data[pos], pos - 1)
+                pos += 1
+            elif op == 0x68:  # h BINGET
+                self._need(pos, 1)
+                self._memo_get(data[pos])
+                pos += 1
+            elif op == 0x28:  # ( MARK
+                marks.append(len(stack))
+            elif op == 0x4B:  # K BININT1
+                self._need(pos, 1)
+                append(data[pos])
+                pos += 1
+            elif op == 0x74:  # t TUPLE
+                append(tuple(self._pop_mark()))
+            elif op == 0x52:  # R REDUCE
+                args = _pop_fenced(stack, self.fence)
+                func = _pop_fenced(stack, self.fence)
+                append(self._call(func, args, "reduce", pos - 1))
+            elif op == 0x58:  # X BINUNICODE
+                self._need(pos, 4)
+                value, pos = self._counted(pos + 4, _U4(data, pos)[0], "BINUNICODE", True)
+                append(value)
+            elif op == 0x8C:  # SHORT_BINUNICODE
+                self._need(pos, 1)
+                value, pos = self._counted(pos + 1, data[pos], "SHORT_BINUNICODE", True)
+                append(value)
+            elif op == 0x94:  # MEMOIZE
+                self._memo_put(len(memo), pos - 1)
+            elif op == 0x75:  # u SETITEMS
+                self._setitems(self._pop_mark(), pos - 1)
+            elif op == 0x29:  # ) EMPTY_TUPLE
+                append(())
+            elif op == 0x85:  # TUPLE1
+                append((_pop_fenced(stack, self.fence),))
+            elif op == 0x86:  # TUPLE2
+                b = _pop_fenced(stack, self.fence)
+                a = _pop_fenced(stack, self.fence)
+                append((a, b))
+            elif op == 0x87:  # TUPLE3
+                c = _pop_fenced(stack, self.fence)
+                b = _pop_fenced(stack, self.fence)
+                a = _pop_fenced(stack, self.fence)
+                append((a, b, c))
+            elif op == 0x89:  # NEWFALSE
+                append(False)
+            elif op == 0x88:  # NEWTRUE
+                append(True)
+            elif op == 0x72:  # r LONG_BINPUT
+                self._need(pos, 4)
+                self._memo_put(_U4(data, pos)[0], pos - 1)
+                pos += 4
+            elif op == 0x6A:  # j LONG_BINGET
+                self._need(pos, 4)
+                self._memo_get(_U4(data, pos)[0])
+                pos += 4
+            elif op == 0x4D:  # M BININT2
+                self._need(pos, 2)
+                append(_U2(data, pos)[0])
+                pos += 2
+            elif op == 0x4A:  # J BININT
+                self._need(pos, 4)
+                append(_I4(data, pos)[0])
+                pos += 4
+            elif op == 0x2E:  # . STOP
+                trace.root = _pop_fenced(stack, self.fence)
+                trace.stopped = True
+                trace.opcodes = count
+                return pos
+            else:
+                pos = self._rare(op, pos)
+
+    def _check_budget(self, count: int, limit: int, pos: int) -> None:
+        if count > limit:
+            raise LimitExceeded("MAX_OPCODES", limit, f"more than {limit:,} opcodes", location=f"@{pos - 1}")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise LimitExceeded("MAX_SCAN_SECONDS", 0, "time limit reached while walking the pickle",
+                                location=f"@{pos - 1}")
+
+    def _rare(self, op: int, pos: int) -> int:
+        handler = _RARE.get(op)
+        if handler is None:
+            raise _Invalid(f"invalid opcode 0x{op:02x}")
+        return handler(self, pos)
+
+    # -- container mutations -------------------------------------------------------------------
+    def _setitems(self, items: list, offset: int) -> None:
+        if len(items) % 2:
+            raise _Invalid("odd number of items for SETITEMS")
+        target = self._top()
+        if isinstance(target, dict):
+            try:
+                for i in range(0, len(items), 2):
+                    target[items[i]] = items[i + 1]
+            except TypeError as exc:
+                raise _Invalid(f"unhashable dict key: {exc}") from None
+        elif isinstance(target, Call):
+            if target.items is None:
+                target.items = []
+            target.items.extend(zip(items[::2], items[1::2]))
+        else:
+            self._modify(target, offset, "SETITEMS")
+
+    def _append_items(self, items: list, offset: int, opcode: str) -> None:
+        target = self._top()
+        if isinstance(target, list):
+            target.extend(items)
+        elif isinstance(target, Call):
+            if target.appended is None:
+                target.appended = []
+            target.appended.extend(items)
+        else:
+            self._modify(target, offset, opcode)
+
+
+def _parse_error(message: str, offset: int, *, truncated: bool) -> PickleParseError:
+    err = PickleParseError(message, offset=offset, location=f"@{offset}")
+    err.truncated = truncated  # type: ignore[attr-defined]
+    return err
+
+
+# -- rare opcodes: one small handler each, (walker, pos after opcode) -> new pos ---------------
+def _op_proto(w: Walker, pos: int) -> int:
+    w._need(pos, 1)
+    proto = w.data[pos]
+    if proto > HIGHEST_PROTOCOL:
+        raise _Invalid(f"unsupported pickle protocol: {proto}")
+    w.trace.protocol = proto
+    return pos + 1
+
+
+def _op_frame(w: Walker, pos: int) -> int:
+    w._need(pos, 8)
+    size = _U8(w.data, pos)[0]
+    w._need(pos + 8, size)
+    w.frame_end = pos + 8 + size
+    return pos + 8
+
+
+def _op_global(w: Walker, pos: int) -> int:
+    offset = pos - 1
+    module, pos = w._line(pos)
+    name, pos = w._line(pos)
+    w.stack.append(w._import(_utf8(module, "GLOBAL"), _utf8(name, "GLOBAL"), offset, "GLOBAL"))
+    return pos
+
+
+def _op_inst(w: Walker, pos: int) -> int:
+    offset = pos - 1
+    module, pos = w._line(pos)
+    name, pos = w._line(pos)
+    cls = w._import(_utf8(module, "INST"), _utf8(name, "INST"), offset, "INST")
+    w.stack.append(w._call(cls, tuple(w._pop_mark()), "inst", offset))
+    return pos
+
+
+def _op_stack_global(w: Walker, pos: int) -> int:
+    name = _pop_fenced(w.stack, w.fence)
+    module = _pop_fenced(w.stack, w.fence)
+    if isinstance(module, str) and isinstance(name, str):
+        w.stack.append(w._import(module, name, pos - 1, "STACK_GLOBAL"))
+        return pos
+    symbolic = (Global, Unresolved, Call, PersistentRef, BytesRef, OutOfBand)
+    if isinstance(module, symbolic) or isinstance(name, symbolic):
+        u = Unresolved(f"STACK_GLOBAL operands computed at load time ({module!r}, {name!r})", pos - 1,
+                       "STACK_GLOBAL")
+        w.trace.globals.append(u)
+        w.stack.append(u)
+        return pos
+    raise _Invalid("STACK_GLOBAL requires str operands")
+
+
+def _op_ext(size: int):
+    def handler(w: Walker, pos: int) -> int:
+        w._need(pos, size)
+        code = int.from_bytes(w.data[pos:pos + size], "little")
+        if code <= 0:
+            raise _Invalid("EXT specifies code <= 0")
+        u = Unresolved(f"copyreg extension code {code}", pos - 1, f"EXT{size}")
+        w.trace.globals.append(u)
+        w.stack.append(u)
+        return pos + size
+    return handler
+
+
+def _op_newobj(w: Walker, pos: int) -> int:
+    args = _pop_fenced(w.stack, w.fence)
+    cls = _pop_fenced(w.stack, w.fence)
+    w.stack.append(w._call(cls, args, "newobj", pos - 1))
+    return pos
+
+
+def _op_newobj_ex(w: Walker, pos: int) -> int:
+    kwargs = _pop_fenced(w.stack, w.fence)
+    args = _pop_fenced(w.stack, w.fence)
+    cls = _pop_fenced(w.stack, w.fence)
+    w.stack.append(w._call(cls, args, "newobj_ex", pos - 1, kwargs))
+    return pos
+
+
+def _op_obj(w: Walker, pos: int) -> int:
+    items = w._pop_mark()
+    if not items:
+        raise _Invalid("OBJ without a class")
+    w.stack.append(w._call(items[0], tuple(items[1:]), "obj", pos - 1))
+    return pos
+
+
+def _op_build(w: Walker, pos: int) -> int:
+    state = _pop_fenced(w.stack, w.fence)
+    obj = w._top()
+    if isinstance(obj, Call):
+        obj.state = state
+    else:
+        w._modify(obj, pos - 1, "BUILD")
+    if w.build_hook is not None:
+        resume = w.build_hook(obj, pos, w.frame_end)
+        if resume is not None:
+            if resume > w.end:
+                raise _Truncated("array data after BUILD runs past the end of the stream")
+            return resume
+    return pos
+
+
+def _op_persid(w: Walker, pos: int) -> int:
+    offset = pos - 1
+    line, pos = w._line(pos)
+    try:
+        pid = line.decode("ascii")
+    except UnicodeDecodeError:
+        raise _Invalid("persistent IDs in protocol 0 must be ASCII strings") from None
+    ref = PersistentRef(pid, offset)
+    w.trace.persistent.append(ref)
+    w.stack.append(ref)
+    return pos
+
+
+def _op_binpersid(w: Walker, pos: int) -> int:
+    ref = PersistentRef(_pop_fenced(w.stack, w.fence), pos - 1)
+    w.trace.persistent.append(ref)
+    w.stack.append(ref)
+    return pos
+
+
+def _op_setitem(w: Walker, pos: int) -> int:
+    value = _pop_fenced(w.stack, w.fence)
+    key = _pop_fenced(w.stack, w.fence)
+    w._setitems([key, value], pos - 1)
+    return pos
+
+
+def _op_append(w: Walker, pos: int) -> int:
+    w._append_items([_pop_fenced(w.stack, w.fence)], pos - 1, "APPEND")
+    return pos
+
+
+def _op_appends(w: Walker, pos: int) -> int:
+    w._append_items(w._pop_mark(), pos - 1, "APPENDS")
+    return pos
+
+
+def _op_additems(w: Walker, pos: int) -> int:
+    items = w._pop_mark()
+    target = w._top()
+    if isinstance(target, set):
+        try:
+            target.update(items)
+        except TypeError as exc:
+            raise _Invalid(f"unhashable set item: {exc}") from None
+    elif isinstance(target, Call):
+        w.trace.calls.append(Call(target, tuple(items), "additems", pos - 1))
+    else:
+        w._modify(target, pos - 1, "ADDITEMS")
+    return pos
+
+
+def _op_frozenset(w: Walker, pos: int) -> int:
+    try:
+        w.stack.append(frozenset(w._pop_mark()))
+    except TypeError as exc:
+        raise _Invalid(f"unhashable frozenset item: {exc}") from None
+    return pos
+
+
+def _op_dict(w: Walker, pos: int) -> int:
+    items = w._pop_mark()
+    if len(items) % 2:
+        raise _Invalid("odd number of items for DICT")
+    try:
+        w.stack.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
+    except TypeError as exc:
+        raise _Invalid(f"unhashable dict key: {exc}") from None
+    return pos
+
+
+def _op_pop(w: Walker, pos: int) -> int:
+    if len(w.stack) > w.fence:
+        w.stack.pop()
+    elif w.marks:
+        w.marks.pop()
+    else:
+        raise _Invalid("unpickling stack underflow")
+    return pos
+
+
+def _op_pop_mark(w: Walker, pos: int) -> int:
+    w._pop_mark()
+    return pos
+
+
+def _op_dup(w: Walker, pos: int) -> int:
+    w.stack.append(w._top())
+    return pos
+
+
+def _op_get(w: Walker, pos: int) -> int:
+    line, pos = w._line(pos)
+    w._memo_get(_parse_int(line, "GET"))
+    return pos
+
+
+def _op_put(w: Walker, pos: int) -> int:
+    offset = pos - 1
+    line, pos = w._line(pos)
+    w._memo_put(_parse_int(line, "PUT"), offset)
+    return pos
+
+
+def _op_int(w: Walker, pos: int) -> int:
+    line, pos = w._line(pos)
+    w.stack.append(False if line == b"00" else True if line == b"01" else _parse_int(line, "INT"))
+    return pos
+
+
+def _op_long(w: Walker, pos: int) -> int:
+    line, pos = w._line(pos)
+    if line.endswith(b"L"):
+        line = line[:-1]
+    w.stack.append(_parse_int(line, "LONG"))
+    return pos
+
+
+def _op_float(w: Walker, pos: int) -> int:
+    line, pos = w._line(pos)
+    try:
+        w.stack.append(float(line))
+    except ValueError:
+        raise _Invalid(f"bad FLOAT argument {line[:40]!r}") from None
+    return pos
+
+
+def _op_binfloat(w: Walker, pos: int) -> int:
+    w._need(pos, 8)
+    w.stack.append(_F8(w.data, pos)[0])
+    return pos + 8
+
+
+def _op_long_n(size: int):
+    def handler(w: Walker, pos: int) -> int:
+        w._need(pos, size)
+        n = w.data[pos] if size == 1 else _I4(w.data, pos)[0]
+        if n < 0:
+            raise _Invalid("LONG pickle has negative byte count")
+        w._need(pos + size, n)
+        w.stack.append(int.from_bytes(w.data[pos + size:pos + size + n], "little", signed=True))
+        return pos + size + n
+    return handler
+
+
+def _op_string(w: Walker, pos: int) -> int:
+    line, pos = w._line(pos)
+    w.stack.append(_decode_quoted_string(line))
+    return pos
+
+
+def _op_unicode(w: Walker, pos: int) -> int:
+    line, pos = w._line(pos)
+    w.stack.append(str(line, "raw-unicode-escape", "replace"))
+    return pos
+
+
+def _op_counted(size_bytes: int, kind: str, as_text: bool, signed: bool = False, binstring: bool = False):
+    def handler(w: Walker, pos: int) -> int:
+        w._need(pos, size_bytes)
+        if size_bytes == 1:
+            n = w.data[pos]
+        elif size_bytes == 4:
+            n = (_I4 if signed else _U4)(w.data, pos)[0]
+        else:
+            n = _U8(w.data, pos)[0]
+        if n < 0:
+            raise _Invalid(f"{kind} pickle has negative byte count")
+        value, pos = w._counted(pos + size_bytes, n, kind, as_text)
+        if binstring and isinstance(value, bytes):
+            value = value.decode("latin-1")
+        w.stack.append(value)
+        return pos
+    return handler
+
+
+def _op_const(value_factory):
+    def handler(w: Walker, pos: int) -> int:
+        w.stack.append(value_factory())
+        return pos
+    return handler
+
+
+def _op_mark_collect(factory):
+    def handler(w: Walker, pos: int) -> int:
+        w.stack.append(factory(w._pop_mark()))
+        return pos
+    return handler
+
+
+def _op_next_buffer(w: Walker, pos: int) -> int:
+    w.trace.out_of_band.append(pos - 1)
+    w.stack.append(OutOfBand(pos - 1))
+    return pos
+
+
+def _op_readonly_buffer(w: Walker, pos: int) -> int:
+    w._top()
+    return pos
+
+
+def _utf8(raw: bytes, opcode: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Invalid(f"{opcode} argument is not valid UTF-8") from None
+
+
+_RARE = {
+    0x80: _op_proto, 0x95: _op_frame, 0x63: _op_global, 0x69: _op_inst, 0x93: _op_stack_global,
+    0x82: _op_ext(1), 0x83: _op_ext(2), 0x84: _op_ext(4),
+    0x81: _op_newobj, 0x92: _op_newobj_ex, 0x6F: _op_obj, 0x62: _op_build,
+    0x50: _op_persid, 0x51: _op_binpersid,
+    0x73: _op_setitem, 0x61: _op_append, 0x65: _op_appends, 0x90: _op_additems, 0x91: _op_frozenset,
+    0x64: _op_dict, 0x30: _op_pop, 0x31: _op_pop_mark, 0x32: _op_dup,
+    0x67: _op_get, 0x70: _op_put, 0x49: _op_int, 0x4C: _op_long, 0x46: _op_float, 0x47: _op_binfloat,
+    0x8A: _op_long_n(1), 0x8B: _op_long_n(4),
+    0x53: _op_string, 0x56: _op_unicode,
+    0x54: _op_counted(4, "BINSTRING", False, signed=True, binstring=True),
+    0x55: _op_counted(1, "SHORT_BINSTRING", False, binstring=True),
+    0x42: _op_counted(4, "BINBYTES", False), 0x43: _op_counted(1, "SHORT_BINBYTES", False),
+    0x8E: _op_counted(8, "BINBYTES8", False), 0x96: _op_counted(8, "BYTEARRAY8", False),
+    0x8D: _op_counted(8, "BINUNICODE8", True),
+    0x4E: _op_const(lambda: None), 0x7D: _op_const(dict), 0x5D: _op_const(list), 0x8F: _op_const(set),
+    0x6C: _op_mark_collect(list),
+    0x97: _op_next_buffer, 0x98: _op_readonly_buffer,
+}
+
+
+def walk(data, start: int = 0, end: int | None = None, *, max_opcodes: int = MAX_OPCODES,
+         max_memo: int = MAX_MEMO_ENTRIES, deadline: float | None = None,
+         build_hook: BuildHook | None = None) -> PickleTrace:
+    """Walk one pickle stream starting at ``start``; never raises for bad input (see ``trace.error``).
+
+    ``data`` is any buffer with ``bytes``-like indexing and ``find`` (bytes, mmap).
+    """
+    stop = len(data) if end is None else min(end, len(data))
+    return Walker(data, start, stop, max_opcodes=max_opcodes, max_memo=max_memo, deadline=deadline,
+                  build_hook=build_hook).run()

@@ -1,0 +1,117 @@
+"""Findings and reports: structured results that the CLI renders (text, JSON, SARIF)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tensorsafe.rules import Outcome, Severity, rule
+
+EXIT_CLEAN = 0
+EXIT_POLICY_FAILURE = 1
+EXIT_UNREADABLE = 2
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a finding sits inside a file: the chain of archive members, then a byte offset."""
+
+    members: tuple[str, ...] = ()
+    offset: int | None = None
+
+    def inside(self, member: str) -> "Location":
+        return Location(self.members + (member,), None)
+
+    def at(self, offset: int | None) -> "Location":
+        return Location(self.members, offset)
+
+    def __str__(self) -> str:
+        parts = [" > ".join(self.members)] if self.members else []
+        if self.offset is not None:
+            parts.append(f"@{self.offset}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    rule_id: str
+    message: str
+    location: Location = Location()
+    trigger: str | None = None
+    outcome: Outcome | None = None
+    severity: Severity | None = None
+
+    def __post_init__(self) -> None:
+        r = rule(self.rule_id)
+        if self.outcome is None:
+            object.__setattr__(self, "outcome", r.outcome)
+        if self.severity is None:
+            object.__setattr__(self, "severity", r.severity)
+
+    @property
+    def rule_name(self) -> str:
+        return rule(self.rule_id).name
+
+
+@dataclass(frozen=True)
+class ImportUse:
+    """One import seen in a file, with its policy tier and how often it appears."""
+
+    module: str
+    name: str
+    tier: str
+    count: int
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+@dataclass
+class FileResult:
+    path: str
+    kind: str
+    size: int | None = None
+    findings: list[Finding] = field(default_factory=list)
+    pickles: int = 0
+    imports: list[ImportUse] = field(default_factory=list)
+    seconds: float = 0.0
+    explanations: list[tuple[str, str]] = field(default_factory=list)
+    """(location, decompiled source) of each pickle that failed, when asked for."""
+
+    @property
+    def verdict(self) -> str:
+        return verdict_of(self.findings)
+
+
+def verdict_of(findings: list[Finding]) -> str:
+    """``fail`` wins over ``error``: a definite policy failure is the stronger verdict."""
+    outcomes = {f.outcome for f in findings}
+    if Outcome.FAIL in outcomes:
+        return "fail"
+    if Outcome.ERROR in outcomes:
+        return "error"
+    return "clean"
+
+
+@dataclass
+class Report:
+    files: list[FileResult] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for fr in self.files for f in fr.findings]
+
+    @property
+    def verdict(self) -> str:
+        return verdict_of(self.findings)
+
+    @property
+    def exit_code(self) -> int:
+        return {"clean": EXIT_CLEAN, "fail": EXIT_POLICY_FAILURE, "error": EXIT_UNREADABLE}[self.verdict]
+
+    @property
+    def clean(self) -> bool:
+        return self.verdict == "clean"
+
+    def extend(self, other: "Report") -> None:
+        self.files.extend(other.files)
