@@ -159,6 +159,8 @@ RULES: dict[str, Rule] = {r.id: r for r in [
     _rule("IO-02", "scan-time-limit", E, HIGH,
           "Scanning the file took longer than the time limit.",
           "Raise --timeout only for a file you trust."),
+    # --- safetensors header (ST-Fxx format errors, ST-Pxx policy findings, ST-Axx advisories) ----
+    # (section owned by the header validator; see ../shared/specs/safetensors-header.md)
 ]}
 
 
