@@ -51,6 +51,10 @@ class Finding:
     def rule_name(self) -> str:
         return rule(self.rule_id).name
 
+    def __str__(self) -> str:
+        where = f" [{self.location}]" if str(self.location) else ""
+        return f"{self.path}{where}: {self.rule_id} {self.outcome.value}: {self.message}"
+
 
 @dataclass(frozen=True)
 class ImportUse:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from tensorsafe.blob import Span
 from tensorsafe.containers.decompress import MAX_DECOMPRESSED_BYTES, decompress
 from tensorsafe.errors import LimitExceeded, ParseError
+from tensorsafe.sniff import ZIP_EOCD_SEARCH
 
 MAX_ZIP_MEMBERS = 1_000_000
 MAX_CENTRAL_DIRECTORY_BYTES = 256 << 20
@@ -76,7 +77,30 @@ def open_zip(span: Span, max_members: int = MAX_ZIP_MEMBERS) -> ZipView:
         if member is not None:
             view.members.append(member)
     _check_layout(view, zf)
+    _check_end_records(span, view.anomalies)
     return view
+
+
+def _check_end_records(span: Span, anomalies: list[Anomaly]) -> None:
+    """The classic end record and the zip64 one must agree: readers that ignore zip64 when the
+    classic fields are not saturated (0xFFFF...) would find another central directory."""
+    tail = span.tail(ZIP_EOCD_SEARCH)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 20 or tail[at - 20:at - 16] != b"PK\x06\x07" or len(tail) < at + 22:
+        return
+    _, _, _, _, entries, cd_size, cd_offset, _ = struct.unpack_from("<4sHHHHIIH", tail, at)
+    z64_pos = struct.unpack_from("<Q", tail, at - 12)[0]
+    z64 = span.read(z64_pos, 56)
+    if len(z64) < 56 or z64[:4] != b"PK\x06\x06":
+        anomalies.append(Anomaly("ZIP-07", "the zip64 end-record locator points at no zip64 end record", None, z64_pos))
+        return
+    z_entries, z_size, z_offset = struct.unpack_from("<QQQ", z64, 32)
+    for name, classic, wide, saturated in (("entry count", entries, z_entries, 0xFFFF),
+                                           ("central directory size", cd_size, z_size, 0xFFFFFFFF),
+                                           ("central directory offset", cd_offset, z_offset, 0xFFFFFFFF)):
+        if classic != saturated and classic != wide:
+            anomalies.append(Anomaly("ZIP-08", f"the end record and the zip64 end record disagree on the {name} "
+                                     f"({classic} vs {wide})", None, None))
 
 
 def _local_member(span: Span, info: zipfile.ZipInfo, anomalies: list[Anomaly]) -> Member | None:
