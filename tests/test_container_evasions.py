@@ -113,6 +113,25 @@ def test_local_header_name_differs_from_central_directory(tmp_path):
     assert {"ZIP-01", "PK-I01"} <= rule_ids(report) and report.exit_code == 1
 
 
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_bad_crc_member_is_still_scanned(tmp_path, compression):
+    """Python's zipfile refuses a bad CRC; torch does not check it: the member must be scanned."""
+    data = bytearray(_zip_with_method([("a.pkl", SYSTEM)], compression))
+    central = data.rindex(b"PK\x01\x02")
+    data[central + 16:central + 20] = b"\x01\x02\x03\x04"
+    data[14:18] = b"\x01\x02\x03\x04"
+    report = _scan(tmp_path, bytes(data))
+    assert {"ZIP-02", "PK-I01"} <= rule_ids(report)
+
+
+def _zip_with_method(members, compression):
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression) as z:
+        for name, body in members:
+            z.writestr(name, body)
+    return out.getvalue()
+
+
 def test_bad_crc(tmp_path):
     data = bytearray(_zip_with([("a.pkl", SYSTEM)]))
     central = data.rindex(b"PK\x01\x02")
@@ -130,6 +149,7 @@ def test_encrypted_flag(tmp_path):
     data[central + 8] |= 1
     report = _scan(tmp_path, bytes(data))
     assert "ZIP-03" in rule_ids(report) and report.exit_code == 1
+    assert "PK-I01" in rule_ids(report), "torch ignores the flag and reads the member: so must we"
 
 
 def test_duplicate_member_names(tmp_path):

@@ -161,34 +161,26 @@ def _check_layout(view: ZipView, zf: zipfile.ZipFile) -> None:
                                       None, 0))
 
 
-def member_span(view: ZipView, m: Member, limit: int = MAX_DECOMPRESSED_BYTES) -> Span:
-    """The member's bytes (a window for stored members); checks the CRC of what it reads."""
+def member_span(view: ZipView, m: Member, limit: int = MAX_DECOMPRESSED_BYTES) -> tuple[Span, bool]:
+    """The member's bytes (a window for stored members) and whether they match the CRC-32.
+
+    Flags and CRCs are not obeyed, only reported: torch's reader ignores both, so a member marked
+    encrypted or with a wrong CRC is still read, and scanned, the way torch would read it.
+    """
     method = METHODS.get(m.method)
     if method is None:
         raise ParseError(f"unsupported compression method {m.method}")
-    if m.flags & 1:
-        raise ParseError("member is encrypted")
     raw = view.span.sub(m.data_offset, m.compressed_size)
     if raw.size != m.compressed_size:
         raise ParseError("member data runs past the end of the file")
     if method == "stored":
-        data_span = raw
-        crc = _crc32(raw)
-    else:
-        if method == "lzma":
-            raw = _strip_zip_lzma_header(raw)
-        data = decompress(raw, method, limit, allow_trailing=True)
-        data_span = Span.of_bytes(data)
-        crc = zlib.crc32(data)
-        if len(data) != m.size:
-            raise ParseError(f"decompresses to {len(data):,} bytes, the directory says {m.size:,}")
-    if crc != m.crc:
-        raise CrcMismatch(f"CRC-32 is 0x{crc:08x}, the directory says 0x{m.crc:08x}")
-    return data_span
-
-
-class CrcMismatch(ParseError):
-    """The member's bytes do not match its CRC-32."""
+        return raw, _crc32(raw) == m.crc
+    if method == "lzma":
+        raw = _strip_zip_lzma_header(raw)
+    data = decompress(raw, method, limit, allow_trailing=True)
+    if len(data) != m.size:
+        raise ParseError(f"decompresses to {len(data):,} bytes, the directory says {m.size:,}")
+    return Span.of_bytes(data), zlib.crc32(data) == m.crc
 
 
 def _strip_zip_lzma_header(raw: Span) -> Span:

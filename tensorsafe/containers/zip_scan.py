@@ -5,7 +5,7 @@ import re
 from typing import TYPE_CHECKING
 
 from tensorsafe.blob import Span
-from tensorsafe.containers.zip import CrcMismatch, Member, ZipView, member_span
+from tensorsafe.containers.zip import Member, ZipView, member_span
 from tensorsafe.errors import LimitExceeded, ParseError
 from tensorsafe.report import Location
 
@@ -44,21 +44,16 @@ def scan_zip_view(fs: "FileScan", view: ZipView, location: Location, depth: int)
 
 def _scan_member(fs: "FileScan", view: ZipView, m: Member, location: Location, depth: int) -> None:
     where = location.inside(m.name)
-    if m.flags & 1:
-        return  # reported as ZIP-03; encrypted bytes cannot be read
     try:
-        span = member_span(view, m, fs.limits.max_decompressed_bytes)
-    except CrcMismatch as exc:
-        fs.add("ZIP-02", f"member {m.name!r}: {exc.message}", where)
-        span = view.span.sub(m.data_offset, m.compressed_size) if m.method == 0 else None
-        if span is None:
-            return
+        span, crc_ok = member_span(view, m, fs.limits.max_decompressed_bytes)
     except LimitExceeded as exc:
         fs.add_error(exc, "ARC-03", where)
         return
     except ParseError as exc:
         fs.add("ZIP-07", f"member {m.name!r}: {exc.message}", where)
         return
+    if not crc_ok:
+        fs.add("ZIP-02", f"member {m.name!r} does not match its CRC-32 (torch reads it anyway)", where)
     fs.scan_span(span, where, depth + 1, pickle_expected=m.name.endswith((".pkl", ".pickle")))
 
 
