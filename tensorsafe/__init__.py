@@ -12,14 +12,16 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from tensorsafe.errors import (  # noqa: E402
-    LimitExceeded, ParseError, PickleParseError, PolicyFileError, TensorsafeError, UnreadableFileError, UsageError,
+    LimitExceeded, ParseError, PickleParseError, PolicyFileError, TensorsafeError, UnreadableFileError, UnsafeFileError,
+    UsageError,
 )
 from tensorsafe.limits import ScanLimits  # noqa: E402
 from tensorsafe.report import Finding, FileResult, Location, Report  # noqa: E402
 from tensorsafe.scanner import scan, scan_file  # noqa: E402
+from tensorsafe.load import load_state_dict  # noqa: E402
 
 __all__ = [
-    "__version__", "scan", "scan_file", "Report", "FileResult", "Finding", "Location", "ScanLimits",
+    "__version__", "scan", "scan_file", "load_state_dict", "Report", "FileResult", "Finding", "Location", "ScanLimits",
     "TensorsafeError", "UnreadableFileError", "ParseError", "PickleParseError", "LimitExceeded",
-    "PolicyFileError", "UsageError",
+    "PolicyFileError", "UsageError", "UnsafeFileError",
 ]

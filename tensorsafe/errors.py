@@ -52,3 +52,11 @@ class PolicyFileError(TensorsafeError):
 
 class UsageError(TensorsafeError):
     """The caller asked for something that cannot be done (bad option, missing path)."""
+
+
+class UnsafeFileError(TensorsafeError):
+    """A file failed its scan, so it is not read; ``report`` holds the findings."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, report: object = None):
+        super().__init__(message, path=path)
+        self.report = report
