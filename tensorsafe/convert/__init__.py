@@ -1,0 +1,1 @@
+"""Convert single-file Stable Diffusion checkpoints to the diffusers folder layout and back."""

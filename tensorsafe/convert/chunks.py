@@ -1,0 +1,90 @@
+"""Byte streams of tensors in bounded chunks: copy, row slices, concatenation, transpose, casts.
+
+Written by hand for memory: every producer yields pieces of at most ``CHUNK_BYTES`` (contiguous
+sources are sliced straight out of the memory map, no copy), so peak memory does not grow with
+the model.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from tensorsafe.errors import UsageError
+from tensorsafe.tensors import DType, TensorRef
+
+CHUNK_BYTES = 16 << 20
+
+
+def row_chunks(ref: TensorRef, buf, start: int = 0, stop: int | None = None) -> Iterator[memoryview]:
+    """Rows [start, stop) of the first dimension, in C order, as byte pieces."""
+    rows = ref.shape[0] if ref.shape else 1
+    stop = rows if stop is None else stop
+    if not ref.numel or stop <= start:
+        return
+    row_bytes = ref.nbytes // rows
+    if ref.is_contiguous:
+        mv = memoryview(buf)
+        first = ref.byte_offset + start * row_bytes
+        total = (stop - start) * row_bytes
+        for pos in range(0, total, CHUNK_BYTES):
+            yield mv[first + pos:first + min(total, pos + CHUNK_BYTES)]
+        return
+    from tensorsafe.load import raw_bytes_view
+
+    view = raw_bytes_view(ref, buf)
+    if not ref.shape:
+        view = view[None]
+    step = max(1, CHUNK_BYTES // max(1, row_bytes))
+    for r in range(start, stop, step):
+        yield memoryview(np.ascontiguousarray(view[r:min(stop, r + step)])).cast("B")
+
+
+def transpose_chunks(ref: TensorRef, buf) -> Iterator[memoryview]:
+    """A 2-D tensor transposed ([H, P] -> [P, H]), produced a block of output rows at a time."""
+    if len(ref.shape) != 2:
+        raise UsageError(f"transpose needs a 2-D tensor, got shape {ref.shape}")
+    from tensorsafe.load import raw_bytes_view
+
+    raw = raw_bytes_view(ref, buf)  # [H, P, itemsize]
+    h, p = ref.shape
+    step = max(1, CHUNK_BYTES // max(1, h * ref.dtype.itemsize))
+    for c in range(0, p, step):
+        block = raw[:, c:min(p, c + step), :].transpose(1, 0, 2)
+        yield memoryview(np.ascontiguousarray(block)).cast("B")
+
+
+# -- dtype casts, chunk by chunk -------------------------------------------------------------------
+FLOAT_DTYPES = frozenset({"F32", "F16", "BF16", "F64"})
+
+
+def _decode(raw: memoryview, dtype: DType) -> np.ndarray:
+    data = np.frombuffer(raw, dtype=np.uint8)
+    if dtype.name == "BF16":
+        return (data.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    return data.view(dtype.numpy)
+
+
+def _encode(values: np.ndarray, dtype: DType) -> np.ndarray:
+    if dtype.name == "BF16":
+        bits = values.astype(np.float32).view(np.uint32)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        nan = np.isnan(values)
+        if nan.any():
+            rounded[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
+        return rounded
+    return values.astype(dtype.numpy)
+
+
+def cast_chunks(pieces: Iterator[memoryview], src: DType, dst: DType) -> Iterator[memoryview]:
+    """Convert float pieces from ``src`` to ``dst`` (round to nearest even; NaN and Inf kept)."""
+    if src.name == dst.name:
+        yield from pieces
+        return
+    carry = b""
+    for piece in pieces:
+        data = memoryview(carry + bytes(piece)) if carry else piece
+        usable = len(data) - len(data) % src.itemsize
+        carry = bytes(data[usable:])
+        if usable:
+            yield memoryview(np.ascontiguousarray(_encode(_decode(data[:usable], src), dst))).cast("B")

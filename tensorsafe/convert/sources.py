@@ -1,0 +1,154 @@
+"""Tensor sources for conversion: a single file (pickle or safetensors) or a diffusers folder.
+
+Every file is scanned or validated first and refused unless clean; tensors are references into
+read-only memory maps, so nothing is loaded until the writer streams it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tensorsafe.blob import MappedFile
+from tensorsafe.errors import ParseError, UnsafeFileError
+from tensorsafe.pickles.policy import Policy
+from tensorsafe.sniff import Kind, sniff
+from tensorsafe.tensors import DTYPES, StorageRef, TensorRef, contiguous_strides
+
+
+@dataclass(frozen=True)
+class Located:
+    """A tensor and the buffer its offsets point into."""
+
+    ref: TensorRef
+    buf: object
+    path: str
+
+
+@dataclass
+class Source:
+    path: str
+    format: str
+    tensors: dict[str, Located] = field(default_factory=dict)
+    extras: dict[str, object] = field(default_factory=dict)
+    _files: list[MappedFile] = field(default_factory=list)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: v.ref.shape for k, v in self.tensors.items()}
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+        self._files.clear()
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_file(path: str | os.PathLike, policy: Policy | None = None) -> Source:
+    """One checkpoint file, judged by its bytes: safetensors or a torch pickle."""
+    path = os.fspath(path)
+    mf = MappedFile(path)
+    try:
+        kind = sniff(mf.span)
+        if kind is Kind.SAFETENSORS:
+            _require_valid(path)
+            source = Source(path, "safetensors")
+            refs, extras = safetensors_refs(mf, path)
+        else:
+            from tensorsafe.checkpoint import read_checkpoint
+
+            ckpt = read_checkpoint(path, policy=policy)
+            source = Source(path, ckpt.format)
+            refs, extras = ckpt.tensors, ckpt.extras
+    except BaseException:
+        mf.close()
+        raise
+    source.tensors = {k: Located(r, mf.span.buf, path) for k, r in refs.items()}
+    source.extras = extras
+    source._files.append(mf)
+    return source
+
+
+def _require_valid(path: str) -> None:
+    from tensorsafe.scanner import scan
+
+    report = scan(path)
+    if not report.clean:
+        first = "; ".join(f"{f.rule_id} {f.message}" for f in report.findings if f.outcome.value in ("fail", "error"))
+        raise UnsafeFileError(f"refusing to read a file that fails its checks: {first[:300]}", path=path, report=report)
+
+
+def safetensors_refs(mf: MappedFile, path: str) -> tuple[dict[str, TensorRef], dict[str, object]]:
+    """Tensor references from a safetensors header (offsets are absolute file offsets)."""
+    span = mf.span
+    if span.size < 8:
+        raise ParseError("file too small for a safetensors header", path=path)
+    n = struct.unpack("<Q", span.read(0, 8))[0]
+    if 8 + n > span.size:
+        raise ParseError("safetensors header runs past the end of the file", path=path)
+    try:
+        header = json.loads(span.read(8, n).decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ParseError(f"safetensors header is not valid JSON: {exc}", path=path) from None
+    metadata = header.pop("__metadata__", None) or {}
+    base = 8 + n
+    refs = {}
+    for name, entry in header.items():
+        dtype = DTYPES.get(entry.get("dtype")) if isinstance(entry, dict) else None
+        if dtype is None:
+            raise ParseError(f"tensor {name!r} has an unsupported dtype", path=path)
+        shape = tuple(entry["shape"])
+        begin, end = entry["data_offsets"]
+        refs[name] = TensorRef(dtype, shape, contiguous_strides(shape), 0,
+                               StorageRef(name, base + begin, end - begin))
+    return refs, {"__metadata__": metadata} if metadata else {}
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
+
+
+def open_folder_component(folder: str | os.PathLike, policy: Policy | None = None) -> Source | None:
+    """The weights of one diffusers component folder (single or sharded, safetensors or .bin)."""
+    folder = Path(folder)
+    for stem in WEIGHT_NAMES:
+        index = folder / f"{stem}.safetensors.index.json"
+        files = _index_files(index) if index.is_file() else [folder / f"{stem}.safetensors"]
+        if not all(f.is_file() for f in files):
+            files = [folder / f"{stem}.bin"]
+        if all(f.is_file() for f in files):
+            return _merge([open_file(f, policy) for f in files], str(folder))
+    return None
+
+
+def _index_files(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ParseError(f"bad shard index: {exc}", path=index) from None
+    return [index.parent / name for name in sorted(set(weight_map.values()))]
+
+
+def _merge(parts: list[Source], path: str) -> Source:
+    merged = Source(path, parts[0].format)
+    for p in parts:
+        dup = set(merged.tensors) & set(p.tensors)
+        if dup:
+            raise ParseError(f"tensor {sorted(dup)[0]!r} appears in two shards", path=p.path)
+        merged.tensors.update(p.tensors)
+        merged._files.extend(p._files)
+    return merged
