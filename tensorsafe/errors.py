@@ -60,3 +60,15 @@ class UnsafeFileError(TensorsafeError):
     def __init__(self, message: str, *, path: str | Path | None = None, report: object = None):
         super().__init__(message, path=path)
         self.report = report
+
+
+class UnsupportedModelError(TensorsafeError):
+    """The checkpoint is a model family tensorsafe cannot convert yet (SD3, Flux, ControlNet, ...).
+
+    ``evidence`` is the key (and shape) that identified it, so the message can be checked by hand.
+    """
+
+    def __init__(self, message: str, *, evidence: str | None = None, path: str | Path | None = None,
+                 location: str | None = None):
+        super().__init__(message, path=path, location=location)
+        self.evidence = evidence

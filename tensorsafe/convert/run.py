@@ -1,0 +1,232 @@
+"""``convert``: a single file becomes a diffusers folder, a diffusers folder becomes a single file.
+
+The direction follows the source. Each step is a small function; the plan (what goes where) comes
+from the family's key maps, the bytes from the streaming writer, and the output is staged beside
+the destination and renamed into place only when complete and verified.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from tensorsafe.convert.execute import DEFAULT_MAX_SHARD_BYTES, component_tensors, write_weights
+from tensorsafe.convert.output import staged
+from tensorsafe.convert.plan import Plan
+from tensorsafe.convert.sources import Located, Source, open_file, open_folder_component
+from tensorsafe.convert.writer import OutTensor
+from tensorsafe.errors import ParseError, UsageError
+from tensorsafe.tensors import DTYPES, DType
+
+DTYPE_NAMES = {"fp16": "F16", "float16": "F16", "bf16": "BF16", "bfloat16": "BF16", "fp32": "F32", "float32": "F32"}
+WEIGHT_STEM = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model",
+               "text_encoder": "model", "text_encoder_2": "model"}
+
+
+@dataclass
+class ConvertOptions:
+    dtype: str | None = None
+    ema: str = "auto"
+    vae: str | None = None
+    config: str | None = None
+    base: str | None = None
+    model_type: str | None = None
+    prediction_type: str | None = None
+    overwrite: bool = False
+    allow_unmapped: bool = False
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+
+    def cast(self) -> DType | None:
+        if self.dtype is None:
+            return None
+        try:
+            return DTYPES[DTYPE_NAMES[self.dtype.lower()]]
+        except KeyError:
+            raise UsageError(f"--dtype must be one of fp16, bf16, fp32, not {self.dtype!r}") from None
+
+
+@dataclass
+class ConversionResult:
+    src: str
+    dst: str
+    direction: str
+    family: str
+    components: list[str]
+    tensors: int
+    bytes_written: int
+    seconds: float
+    evidence: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    unmapped: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[int], None]
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *, options: ConvertOptions | None = None,
+            progress_factory: Callable[[int, int], Progress] | None = None, **kwargs) -> ConversionResult:
+    """Convert ``src`` to ``dst``; keyword arguments are :class:`ConvertOptions` fields."""
+    options = options or ConvertOptions(**kwargs)
+    src_path = Path(src)
+    if not src_path.exists():
+        raise UsageError(f"{src_path} does not exist", path=src_path)
+    started = time.perf_counter()
+    if src_path.is_dir():
+        result = _folder_to_single_file(src_path, Path(dst), options, progress_factory)
+    else:
+        result = _single_file_to_folder(src_path, Path(dst), options, progress_factory)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# -- single file -> diffusers folder ---------------------------------------------------------------
+def _single_file_to_folder(src: Path, dst: Path, opts: ConvertOptions, progress_factory) -> ConversionResult:
+    from tensorsafe.convert import configs, families, keymaps
+
+    with open_file(src) as source:
+        shapes = source.shapes()
+        detection = families.detect(shapes, source.extras, model_type=opts.model_type,
+                                    prediction_type=opts.prediction_type, sidecar=_sidecar(src))
+        plan = keymaps.plan_to_diffusers(shapes, detection, ema=opts.ema)
+        _refuse_unmapped(plan, opts, src)
+        sources: dict[str, Located] = dict(source.tensors)
+        extra_sources = _replacement_vae(plan, opts, detection, sources)
+        try:
+            by_component = {c: {t.key: t.shape for t in plan.targets if t.component == c} for c in plan.components()}
+            component_configs = (configs.configs_from_folder(opts.config, detection, by_component) if opts.config
+                                 else configs.component_configs(detection, by_component))
+            return _write_folder(src, dst, opts, plan, sources, component_configs, detection, progress_factory)
+        finally:
+            for s in extra_sources:
+                s.close()
+
+
+def _write_folder(src: Path, dst: Path, opts: ConvertOptions, plan: Plan, sources: dict[str, Located],
+                  component_configs: dict[str, dict], detection, progress_factory) -> ConversionResult:
+    from tensorsafe.convert.tokenizer import tokenizer_files
+
+    cast = opts.cast()
+    outputs = {c: component_tensors(plan, c, sources, cast) for c in plan.components()}
+    total = sum(t.nbytes for ts in outputs.values() for t in ts)
+    tick = progress_factory(total, sum(len(ts) for ts in outputs.values())) if progress_factory else None
+    with staged(dst, overwrite=opts.overwrite, folder=True) as tmp:
+        for component, tensors in outputs.items():
+            folder = tmp / component
+            folder.mkdir()
+            write_weights(folder, WEIGHT_STEM.get(component, "model"), tensors,
+                          max_shard_bytes=opts.max_shard_bytes, progress=tick)
+        for rel, config in component_configs.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        for folder_name, pad in detection.tokenizers().items():
+            folder = tmp / folder_name
+            folder.mkdir(exist_ok=True)
+            for name, data in tokenizer_files(pad).items():
+                (folder / name).write_bytes(data)
+    return ConversionResult(str(src), str(dst), "single-file -> diffusers", detection.describe(),
+                            sorted(outputs), sum(len(t) for t in outputs.values()), total, 0.0,
+                            list(detection.evidence), [*detection.assumptions, *plan.notes], plan.dropped,
+                            plan.unmapped)
+
+
+def _refuse_unmapped(plan: Plan, opts: ConvertOptions, src: Path) -> None:
+    if plan.unmapped and not opts.allow_unmapped:
+        shown = ", ".join(plan.unmapped[:8]) + (f" and {len(plan.unmapped) - 8} more" if len(plan.unmapped) > 8 else "")
+        raise ParseError(f"{len(plan.unmapped)} keys are not known to the key maps: {shown}; "
+                         "pass --allow-unmapped to convert without them", path=src)
+
+
+def _replacement_vae(plan: Plan, opts: ConvertOptions, detection, sources: dict[str, Located]) -> list[Source]:
+    """``--vae FILE``: the VAE targets come from another file (single-file or diffusers layout)."""
+    if not opts.vae:
+        return []
+    from tensorsafe.convert import keymaps
+
+    vae = open_file(opts.vae)
+    vae_targets = [replace(t, sources=tuple(f"--vae:{k}" for k in t.sources))
+                   for t in keymaps.plan_vae(vae.shapes()).targets]
+    plan.targets[:] = [t for t in plan.targets if t.component != "vae"] + vae_targets
+    plan.notes.append(f"VAE taken from {opts.vae}")
+    sources.update({f"--vae:{k}": v for k, v in vae.tensors.items()})
+    return [vae]
+
+
+def _sidecar(src: Path) -> dict | None:
+    """A ``<name>.yaml`` beside the checkpoint (the original training config), read as plain data."""
+    yaml_path = src.with_suffix(".yaml")
+    if not yaml_path.is_file():
+        return None
+    try:
+        import yaml
+    except ImportError:
+        return None
+    try:
+        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ParseError(f"cannot read the sidecar config: {exc}", path=yaml_path) from None
+    return data if isinstance(data, dict) else None
+
+
+# -- diffusers folder -> single file ---------------------------------------------------------------
+def _folder_to_single_file(src: Path, dst: Path, opts: ConvertOptions, progress_factory) -> ConversionResult:
+    from tensorsafe.convert import families, keymaps
+    from tensorsafe.convert.writer import write_safetensors, verify_written
+
+    model_index = _read_json(src / "model_index.json")
+    sources: dict[str, Located] = {}
+    opened: list[Source] = []
+    shapes_by_component: dict[str, dict[str, tuple[int, ...]]] = {}
+    configs: dict[str, dict] = {}
+    try:
+        for component in WEIGHT_STEM:
+            if not (src / component).is_dir():
+                continue
+            source = open_folder_component(src / component)
+            if source is None:
+                continue
+            opened.append(source)
+            shapes_by_component[component] = source.shapes()
+            sources.update({f"{component}/{k}": v for k, v in source.tensors.items()})
+            config_path = src / component / "config.json"
+            if config_path.is_file():
+                configs[component] = _read_json(config_path)
+        scheduler = src / "scheduler" / "scheduler_config.json"
+        if scheduler.is_file():
+            configs["scheduler"] = _read_json(scheduler)
+        detection = families.detect_folder(model_index, configs, shapes_by_component)
+        plan = keymaps.plan_to_single_file(shapes_by_component, detection)
+        _refuse_unmapped(plan, opts, src)
+        tensors = component_tensors(plan, "", sources, opts.cast()) + _markers(keymaps.marker_keys(detection))
+        total = sum(t.nbytes for t in tensors)
+        tick = progress_factory(total, len(tensors)) if progress_factory else None
+        with staged(dst, overwrite=opts.overwrite, folder=False) as tmp:
+            written = write_safetensors(tmp, tensors, {"format": "pt"}, tick)
+            verify_written(tmp, written)
+    finally:
+        for s in opened:
+            s.close()
+    return ConversionResult(str(src), str(dst), "diffusers -> single-file", detection.describe(),
+                            sorted(shapes_by_component), len(tensors), total, 0.0, list(detection.evidence),
+                            [*detection.assumptions, *plan.notes], plan.dropped, plan.unmapped)
+
+
+def _markers(names: list[str]) -> list[OutTensor]:
+    """Empty marker tensors (``v_pred``, ``ztsnr``) that A1111 and ComfyUI read from SDXL files."""
+    return [OutTensor(name, DTYPES["F32"], (0,), lambda: iter(())) for name in names]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParseError("missing: not a diffusers folder", path=path) from None
+    except (OSError, ValueError) as exc:
+        raise ParseError(f"cannot read: {exc}", path=path) from None
+    if not isinstance(data, dict):
+        raise ParseError("expected a JSON object", path=path)
+    return data
