@@ -72,3 +72,7 @@ class UnsupportedModelError(TensorsafeError):
                  location: str | None = None):
         super().__init__(message, path=path, location=location)
         self.evidence = evidence
+
+
+class OutputError(TensorsafeError):
+    """The output could not be written (full disk, permissions); nothing was left half-written."""

@@ -18,7 +18,7 @@ from tensorsafe.convert.output import staged
 from tensorsafe.convert.plan import Plan
 from tensorsafe.convert.sources import Located, Source, open_file, open_folder_component
 from tensorsafe.convert.writer import OutTensor
-from tensorsafe.errors import ParseError, UsageError
+from tensorsafe.errors import OutputError, ParseError, UsageError
 from tensorsafe.tensors import DTYPES, DType
 
 DTYPE_NAMES = {"fp16": "F16", "float16": "F16", "bf16": "BF16", "bfloat16": "BF16", "fp32": "F32", "float32": "F32"}
@@ -75,10 +75,14 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, options: ConvertO
     if not src_path.exists():
         raise UsageError(f"{src_path} does not exist", path=src_path)
     started = time.perf_counter()
-    if src_path.is_dir():
-        result = _folder_to_single_file(src_path, Path(dst), options, progress_factory)
-    else:
-        result = _single_file_to_folder(src_path, Path(dst), options, progress_factory)
+    try:
+        if src_path.is_dir():
+            result = _folder_to_single_file(src_path, Path(dst), options, progress_factory)
+        else:
+            result = _single_file_to_folder(src_path, Path(dst), options, progress_factory)
+    except OSError as exc:
+        raise OutputError(f"cannot write the output: {exc.strerror or exc}; nothing was changed",
+                          path=getattr(exc, "filename", None) or dst) from exc
     result.seconds = time.perf_counter() - started
     return result
 

@@ -1,0 +1,79 @@
+"""``tensorsafe convert``: the click layer over :func:`tensorsafe.convert.run.convert`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from tensorsafe.convert.execute import DEFAULT_MAX_SHARD_BYTES
+from tensorsafe.convert.run import ConversionResult, ConvertOptions, convert
+
+
+def _progress_factory(quiet: bool):
+    """A tqdm bar over bytes (tensors in the postfix) on a terminal; nothing in pipes or with --quiet."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    def make(total_bytes: int, tensors: int):
+        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{tensors} tensors",
+                   file=sys.stderr, dynamic_ncols=True)
+        return bar.update
+
+    return make
+
+
+def _summary(r: ConversionResult) -> str:
+    lines = [f"converted {r.src} -> {r.dst} ({r.direction})",
+             f"  family: {r.family}",
+             f"  components: {', '.join(r.components)}",
+             f"  {r.tensors} tensors, {r.bytes_written / 1e6:,.1f} MB in {r.seconds:.1f} s"]
+    lines += [f"  evidence: {e}" for e in r.evidence]
+    lines += [f"  note: {n}" for n in r.notes]
+    if r.dropped:
+        lines.append(f"  dropped {len(r.dropped)} keys on purpose (e.g. {next(iter(r.dropped))}: "
+                     f"{next(iter(r.dropped.values()))})")
+    if r.unmapped:
+        lines.append(f"  left out {len(r.unmapped)} unknown keys (--allow-unmapped): {', '.join(r.unmapped[:5])}")
+    return "\n".join(lines)
+
+
+@click.command("convert")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Cast float tensors (default: keep).")
+@click.option("--ema", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
+              help="Use the EMA copy of the UNet when the checkpoint carries one.")
+@click.option("--vae", type=click.Path(exists=True, dir_okay=False), help="Take the VAE from this file instead.")
+@click.option("--config", "config_folder", type=click.Path(exists=True, file_okay=False),
+              help="Take component configs, scheduler and tokenizers from this diffusers folder.")
+@click.option("--model-type", help="Override the detected family: sd1, sd2, sdxl, sdxl-refiner.")
+@click.option("--prediction-type", type=click.Choice(["epsilon", "v_prediction"]),
+              help="Where the weights cannot tell (SD2 512 vs 768-v).")
+@click.option("--overwrite", is_flag=True, help="Replace DST if it exists (only once the new output is complete).")
+@click.option("--allow-unmapped", is_flag=True, help="Convert even when some keys are unknown to the key maps.")
+@click.option("--max-shard-size", type=click.IntRange(1), default=DEFAULT_MAX_SHARD_BYTES, show_default=True,
+              help="Bytes per weights file before sharding with an index.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+def convert_command(src: Path, dst: Path, dtype: str | None, ema: str, vae: str | None, config_folder: str | None,
+                    model_type: str | None, prediction_type: str | None, overwrite: bool, allow_unmapped: bool,
+                    max_shard_size: int, quiet: bool) -> None:
+    """Convert a single-file SD checkpoint to a diffusers folder, or a diffusers folder back to one file.
+
+    The direction follows SRC. Pickle checkpoints are scanned first and read without running any
+    pickle code. Output is written beside DST and renamed into place only when complete and
+    verified; DST is never touched without --overwrite.
+
+    \b
+    Examples:
+      tensorsafe convert v1-5-pruned-emaonly.safetensors ./sd15-diffusers
+      tensorsafe convert model.ckpt ./out --dtype fp16 --ema yes
+      tensorsafe convert ./sdxl-diffusers sdxl.safetensors
+    """
+    options = ConvertOptions(dtype=dtype, ema=ema, vae=vae, config=config_folder, model_type=model_type,
+                             prediction_type=prediction_type, overwrite=overwrite, allow_unmapped=allow_unmapped,
+                             max_shard_bytes=max_shard_size)
+    result = convert(src, dst, options=options, progress_factory=_progress_factory(quiet))
+    if not quiet:
+        click.echo(_summary(result))
