@@ -109,5 +109,10 @@ def scan(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file: Pa
     sys.exit(report.exit_code)
 
 
+from tensorsafe.cli_convert import convert_command  # noqa: E402
+
+main.add_command(convert_command)
+
+
 if __name__ == "__main__":
     main()
