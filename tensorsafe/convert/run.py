@@ -15,7 +15,7 @@ from typing import Callable
 
 from tensorsafe.convert.execute import DEFAULT_MAX_SHARD_BYTES, component_tensors, write_weights
 from tensorsafe.convert.output import staged
-from tensorsafe.convert.plan import Plan
+from tensorsafe.convert.plan import Op, Plan, Target
 from tensorsafe.convert.sources import Located, Source, open_file, open_folder_component
 from tensorsafe.convert.writer import OutTensor
 from tensorsafe.errors import OutputError, ParseError, UsageError
@@ -99,6 +99,7 @@ def _single_file_to_folder(src: Path, dst: Path, opts: ConvertOptions, progress_
         _refuse_unmapped(plan, opts, src)
         sources: dict[str, Located] = dict(source.tensors)
         extra_sources = _replacement_vae(plan, opts, detection, sources)
+        extra_sources += _missing_from_base(plan, opts, detection, sources, src)
         try:
             by_component = {c: {t.key: t.shape for t in plan.targets if t.component == c} for c in plan.components()}
             component_configs = (configs.configs_from_folder(opts.config, detection, by_component) if opts.config
@@ -158,6 +159,36 @@ def _replacement_vae(plan: Plan, opts: ConvertOptions, detection, sources: dict[
     plan.notes.append(f"VAE taken from {opts.vae}")
     sources.update({f"--vae:{k}": v for k, v in vae.tensors.items()})
     return [vae]
+
+
+def _missing_from_base(plan: Plan, opts: ConvertOptions, detection, sources: dict[str, Located],
+                       src: Path) -> list[Source]:
+    """Components the file lacks (a UNet-only file) are named, or taken from ``--base FOLDER``."""
+    from tensorsafe.convert.keymaps.clip import with_text_model_prefix
+
+    required = ["unet", "vae", *(slot.component for slot in detection.spec.text_encoders)]
+    missing = [c for c in required if c not in plan.components()]
+    if not missing:
+        return []
+    if not opts.base:
+        raise ParseError(f"weights for {', '.join(missing)} appear to be missing from the file (found: "
+                         f"{', '.join(plan.components()) or 'nothing'}); pass --base FOLDER, a diffusers folder "
+                         "of the same family, to take them from it", path=src)
+    opened = []
+    for component in missing:
+        base = open_folder_component(Path(opts.base) / component)
+        if base is None:
+            raise ParseError(f"the base folder has no weights for {component}", path=Path(opts.base) / component)
+        opened.append(base)
+        rename = with_text_model_prefix if component.startswith("text_encoder") else (lambda k: k)
+        for key, located in sorted(base.tensors.items()):
+            if key.endswith("position_ids"):
+                continue
+            sources[f"--base:{component}/{key}"] = located
+            plan.targets.append(Target(component, rename(key), (f"--base:{component}/{key}",), Op.COPY,
+                                       located.ref.shape))
+        plan.notes.append(f"{component} taken from the base folder {opts.base}")
+    return opened
 
 
 def _sidecar(src: Path) -> dict | None:
