@@ -10,6 +10,21 @@ EXIT_POLICY_FAILURE = 1
 EXIT_UNREADABLE = 2
 
 
+def printable(text: str) -> str:
+    """Names come from hostile files: escape control and format characters and lone surrogates,
+    so a report can neither crash the terminal encoder nor rewrite what the user sees."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or ch == " ":
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                       if not 0xD800 <= ord(ch) <= 0xDFFF else f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
 @dataclass(frozen=True)
 class Location:
     """Where a finding sits inside a file: the chain of archive members, then a byte offset."""
@@ -18,7 +33,7 @@ class Location:
     offset: int | None = None
 
     def inside(self, member: str) -> "Location":
-        return Location(self.members + (member,), None)
+        return Location(self.members + (printable(member),), None)
 
     def at(self, offset: int | None) -> "Location":
         return Location(self.members, offset)
@@ -41,6 +56,9 @@ class Finding:
     severity: Severity | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "message", printable(self.message))
+        if self.trigger is not None:
+            object.__setattr__(self, "trigger", printable(self.trigger))
         r = rule(self.rule_id)
         if self.outcome is None:
             object.__setattr__(self, "outcome", r.outcome)

@@ -20,16 +20,18 @@ LEGACY_PICKLES = ("protocol version", "system info", "main object", "storage key
 
 def looks_like_pickle(trace: PickleTrace) -> bool:
     """Is a stream of unknown kind a pickle? It is when it reaches STOP, or when it imports a name
-    that could be a module attribute before it breaks. Code can only run through an import, and an
-    import of a name that is not a dotted identifier (``mport os`` from a Python file starting with
-    ``import os``: ``i`` is INST) cannot resolve, so such text files are not pickles."""
+    that a file on the import path could answer to before it breaks: code can only run through an
+    import. A name with white space (``mport os`` from a Python file that starts with ``import os``:
+    ``i`` is INST) is not taken as one, so source and text files are not reported as pickles; a
+    module file whose name holds white space is the residual risk (docs/threat-model.md)."""
     if trace.stopped:
         return True
     return any(isinstance(g, Unresolved) or _importable(g.module, g.name) for g in trace.globals)
 
 
 def _importable(module: str, name: str) -> bool:
-    return all(p.isidentifier() for p in module.split(".")) and all(p.isidentifier() for p in name.split("."))
+    parts = module.split(".") + name.split(".")
+    return all(p and not any(c.isspace() or c in "\0/\\" for c in p) for p in parts)
 
 
 def scan_pickle_stream(fs: "FileScan", span: Span, location: Location, depth: int, *, expected: bool) -> None:

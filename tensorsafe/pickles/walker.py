@@ -30,6 +30,8 @@ _U4 = struct.Struct("<I").unpack_from
 _U2 = struct.Struct("<H").unpack_from
 _U8 = struct.Struct("<Q").unpack_from
 _F8 = struct.Struct(">d").unpack_from
+_MISSING = object()
+"""Memo lookups in the hot loop: ``memo.get(i, _MISSING)`` (a pickle can memoize ``None``)."""
 
 
 class BuildHook(Protocol):
@@ -92,7 +94,14 @@ def _decode_quoted_string(raw: bytes) -> str:
     raise _Invalid("the STRING opcode argument must be quoted")
 
 
+def _c_string(raw: bytes) -> bytes:
+    """C's load_int/load_long/load_float/load_get/load_put parse the line as a C string: a NUL ends it."""
+    nul = raw.find(b"\0")
+    return raw if nul < 0 else raw[:nul]
+
+
 def _parse_int(raw: bytes, what: str) -> int:
+    raw = _c_string(raw)
     try:
         return int(raw, 0)
     except ValueError:
@@ -126,9 +135,14 @@ class Walker:
             raise _Truncated(f"needs {n} bytes at offset {pos}, stream ends at {self.end}")
 
     def _line(self, pos: int) -> tuple[bytes, int]:
+        """A newline-ended argument. At the end of the stream, pickle.py's readline returns the rest
+        without a newline and drops its last byte: an import cut short there still imports its
+        module, so the walker reads it the same way (and fails at the next opcode)."""
         nl = self.data.find(b"\n", pos, self.end)
         if nl < 0:
-            raise _Truncated("line argument has no newline before the end of the stream")
+            if pos >= self.end:
+                raise _Truncated("line argument has no newline before the end of the stream")
+            return bytes(self.data[pos:self.end - 1]), self.end
         return bytes(self.data[pos:nl]), nl + 1
 
     def _counted(self, pos: int, n: int, kind: str, as_text: bool):
@@ -213,94 +227,161 @@ class Walker:
     _op_offset = 0
 
     def _loop(self, pos: int) -> int:
-        # One long function on purpose: locals and an if-chain ordered by frequency in real
-        # checkpoints keep the per-opcode cost low (this loop is the scanner's hot path).
+        # One long function on purpose: locals, an if-chain ordered by frequency in real checkpoints
+        # (torch.save writes protocol 2: LONG_BINPUT, BINGET, BININT1, MARK, TUPLE, ...) and the
+        # common opcodes inlined, bounds and fence checks included, keep the per-opcode cost low
+        # (this loop is the scanner's hot path). Every check the helpers make is made here too;
+        # on a failed check the helper is called, or its error raised, so errors read the same.
         data, end, stack, memo, marks, trace = self.data, self.end, self.stack, self.memo, self.marks, self.trace
-        append = stack.append
+        append, pop, mark = stack.append, stack.pop, marks.append
+        add_call, add_ref = trace.calls.append, trace.persistent.append
         count = 0
         limit = self.max_opcodes
-        while True:
-            if pos >= end:
-                self._op_offset = pos
-                raise _Truncated("stream ends before STOP")
-            self._op_offset = pos
-            op = data[pos]
-            pos += 1
-            count += 1
-            if count & (DEADLINE_CHECK_INTERVAL - 1) == 0:
-                self._check_budget(count, limit, pos)
-            if op == 0x71:  # q BINPUT
-                self._need(pos, 1)
-                self._memo_put(data[pos], pos - 1)
+        max_memo = self.max_memo
+        mask = DEADLINE_CHECK_INTERVAL - 1
+        op_pos = pos
+        try:
+            while True:
+                op_pos = pos
+                if pos >= end:
+                    raise _Truncated("stream ends before STOP")
+                op = data[pos]
                 pos += 1
-            elif op == 0x68:  # h BINGET
-                self._need(pos, 1)
-                self._memo_get(data[pos])
-                pos += 1
-            elif op == 0x28:  # ( MARK
-                marks.append(len(stack))
-            elif op == 0x4B:  # K BININT1
-                self._need(pos, 1)
-                append(data[pos])
-                pos += 1
-            elif op == 0x74:  # t TUPLE
-                append(tuple(self._pop_mark()))
-            elif op == 0x52:  # R REDUCE
-                args = _pop_fenced(stack, self.fence)
-                func = _pop_fenced(stack, self.fence)
-                append(self._call(func, args, "reduce", pos - 1))
-            elif op == 0x58:  # X BINUNICODE
-                self._need(pos, 4)
-                value, pos = self._counted(pos + 4, _U4(data, pos)[0], "BINUNICODE", True)
-                append(value)
-            elif op == 0x8C:  # SHORT_BINUNICODE
-                self._need(pos, 1)
-                value, pos = self._counted(pos + 1, data[pos], "SHORT_BINUNICODE", True)
-                append(value)
-            elif op == 0x94:  # MEMOIZE
-                self._memo_put(len(memo), pos - 1)
-            elif op == 0x75:  # u SETITEMS
-                self._setitems(self._pop_mark(), pos - 1)
-            elif op == 0x29:  # ) EMPTY_TUPLE
-                append(())
-            elif op == 0x85:  # TUPLE1
-                append((_pop_fenced(stack, self.fence),))
-            elif op == 0x86:  # TUPLE2
-                b = _pop_fenced(stack, self.fence)
-                a = _pop_fenced(stack, self.fence)
-                append((a, b))
-            elif op == 0x87:  # TUPLE3
-                c = _pop_fenced(stack, self.fence)
-                b = _pop_fenced(stack, self.fence)
-                a = _pop_fenced(stack, self.fence)
-                append((a, b, c))
-            elif op == 0x89:  # NEWFALSE
-                append(False)
-            elif op == 0x88:  # NEWTRUE
-                append(True)
-            elif op == 0x72:  # r LONG_BINPUT
-                self._need(pos, 4)
-                self._memo_put(_U4(data, pos)[0], pos - 1)
-                pos += 4
-            elif op == 0x6A:  # j LONG_BINGET
-                self._need(pos, 4)
-                self._memo_get(_U4(data, pos)[0])
-                pos += 4
-            elif op == 0x4D:  # M BININT2
-                self._need(pos, 2)
-                append(_U2(data, pos)[0])
-                pos += 2
-            elif op == 0x4A:  # J BININT
-                self._need(pos, 4)
-                append(_I4(data, pos)[0])
-                pos += 4
-            elif op == 0x2E:  # . STOP
-                trace.root = _pop_fenced(stack, self.fence)
-                trace.stopped = True
-                trace.opcodes = count
-                return pos
-            else:
-                pos = self._rare(op, pos)
+                count += 1
+                if not count & mask:
+                    self._check_budget(count, limit, pos)
+                if op == 0x72:  # r LONG_BINPUT
+                    if pos + 4 > end:
+                        self._need(pos, 4)
+                    if len(memo) < max_memo and len(stack) > (marks[-1] if marks else 0):
+                        memo[_U4(data, pos)[0]] = stack[-1]
+                    else:
+                        self._memo_put(_U4(data, pos)[0], op_pos)
+                    pos += 4
+                elif op == 0x68:  # h BINGET
+                    if pos >= end:
+                        self._need(pos, 1)
+                    value = memo.get(data[pos], _MISSING)
+                    if value is _MISSING:
+                        self._memo_get(data[pos])
+                    append(value)
+                    pos += 1
+                elif op == 0x4B:  # K BININT1
+                    if pos >= end:
+                        self._need(pos, 1)
+                    append(data[pos])
+                    pos += 1
+                elif op == 0x28:  # ( MARK
+                    mark(len(stack))
+                elif op == 0x74:  # t TUPLE
+                    if not marks:
+                        self._pop_mark()
+                    at = marks.pop()
+                    value = tuple(stack[at:])
+                    del stack[at:]
+                    append(value)
+                elif op == 0x58:  # X BINUNICODE
+                    if pos + 4 > end:
+                        self._need(pos, 4)
+                    n = _U4(data, pos)[0]
+                    pos += 4
+                    if pos + n > end:
+                        self._need(pos, n)
+                    try:
+                        append(str(data[pos:pos + n], "utf-8", "surrogatepass"))
+                    except UnicodeDecodeError:
+                        self._counted(pos, n, "BINUNICODE", True)
+                    pos += n
+                elif op == 0x52:  # R REDUCE
+                    if len(stack) - (marks[-1] if marks else 0) < 2:
+                        raise _Invalid("unpickling stack underflow")
+                    args = pop()
+                    value = Call(pop(), args, "reduce", op_pos)
+                    add_call(value)
+                    append(value)
+                elif op == 0x71:  # q BINPUT
+                    if pos >= end:
+                        self._need(pos, 1)
+                    if len(memo) < max_memo and len(stack) > (marks[-1] if marks else 0):
+                        memo[data[pos]] = stack[-1]
+                    else:
+                        self._memo_put(data[pos], op_pos)
+                    pos += 1
+                elif op == 0x94:  # MEMOIZE
+                    if len(memo) < max_memo and len(stack) > (marks[-1] if marks else 0):
+                        memo[len(memo)] = stack[-1]
+                    else:
+                        self._memo_put(len(memo), op_pos)
+                elif op == 0x8C:  # SHORT_BINUNICODE
+                    if pos >= end:
+                        self._need(pos, 1)
+                    n = data[pos]
+                    pos += 1
+                    if pos + n > end:
+                        self._need(pos, n)
+                    try:
+                        append(str(data[pos:pos + n], "utf-8", "surrogatepass"))
+                    except UnicodeDecodeError:
+                        self._counted(pos, n, "SHORT_BINUNICODE", True)
+                    pos += n
+                elif op == 0x29:  # ) EMPTY_TUPLE
+                    append(())
+                elif op == 0x85:  # TUPLE1
+                    if len(stack) <= (marks[-1] if marks else 0):
+                        raise _Invalid("unpickling stack underflow")
+                    append((pop(),))
+                elif op == 0x86:  # TUPLE2
+                    if len(stack) - (marks[-1] if marks else 0) < 2:
+                        raise _Invalid("unpickling stack underflow")
+                    value = pop()
+                    append((pop(), value))
+                elif op == 0x51:  # Q BINPERSID
+                    if len(stack) <= (marks[-1] if marks else 0):
+                        raise _Invalid("unpickling stack underflow")
+                    value = PersistentRef(pop(), op_pos)
+                    add_ref(value)
+                    append(value)
+                elif op == 0x89:  # NEWFALSE
+                    append(False)
+                elif op == 0x88:  # NEWTRUE
+                    append(True)
+                elif op == 0x4E:  # N NONE
+                    append(None)
+                elif op == 0x6A:  # j LONG_BINGET
+                    if pos + 4 > end:
+                        self._need(pos, 4)
+                    value = memo.get(_U4(data, pos)[0], _MISSING)
+                    if value is _MISSING:
+                        self._memo_get(_U4(data, pos)[0])
+                    append(value)
+                    pos += 4
+                elif op == 0x4D:  # M BININT2
+                    if pos + 2 > end:
+                        self._need(pos, 2)
+                    append(_U2(data, pos)[0])
+                    pos += 2
+                elif op == 0x4A:  # J BININT
+                    if pos + 4 > end:
+                        self._need(pos, 4)
+                    append(_I4(data, pos)[0])
+                    pos += 4
+                elif op == 0x75:  # u SETITEMS
+                    self._setitems(self._pop_mark(), op_pos)
+                elif op == 0x87:  # TUPLE3
+                    if len(stack) - (marks[-1] if marks else 0) < 3:
+                        raise _Invalid("unpickling stack underflow")
+                    c = pop()
+                    b = pop()
+                    append((pop(), b, c))
+                elif op == 0x2E:  # . STOP
+                    trace.root = _pop_fenced(stack, self.fence)
+                    trace.stopped = True
+                    trace.opcodes = count
+                    return pos
+                else:
+                    pos = self._rare(op, pos)
+        finally:
+            self._op_offset = op_pos  # where an error is reported
 
     def _check_budget(self, count: int, limit: int, pos: int) -> None:
         if count > limit:
@@ -321,6 +402,7 @@ class Walker:
             raise _Invalid("odd number of items for SETITEMS")
         target = self._top()
         if isinstance(target, dict):
+            _check_hashable(items[::2])
             try:
                 for i in range(0, len(items), 2):
                     target[items[i]] = items[i + 1]
@@ -362,10 +444,11 @@ def _op_proto(w: Walker, pos: int) -> int:
 
 
 def _op_frame(w: Walker, pos: int) -> int:
+    """pickle.py (joblib's unpickler) reads a frame longer than the rest of the stream as a short
+    frame and runs its opcodes, so a FRAME length past the end is not an error here."""
     w._need(pos, 8)
     size = _U8(w.data, pos)[0]
-    w._need(pos + 8, size)
-    w.frame_end = pos + 8 + size
+    w.frame_end = min(w.end, pos + 8 + size)
     return pos + 8
 
 
@@ -394,7 +477,7 @@ def _op_stack_global(w: Walker, pos: int) -> int:
         return pos
     symbolic = (Global, Unresolved, Call, PersistentRef, BytesRef, OutOfBand)
     if isinstance(module, symbolic) or isinstance(name, symbolic):
-        u = Unresolved(f"STACK_GLOBAL operands computed at load time ({module!r}, {name!r})", pos - 1,
+        u = Unresolved(f"STACK_GLOBAL operands computed at load time ({_kind(module)}, {_kind(name)})", pos - 1,
                        "STACK_GLOBAL")
         w.trace.globals.append(u)
         w.stack.append(u)
@@ -495,6 +578,7 @@ def _op_additems(w: Walker, pos: int) -> int:
     items = w._pop_mark()
     target = w._top()
     if isinstance(target, set):
+        _check_hashable(items)
         try:
             target.update(items)
         except TypeError as exc:
@@ -507,8 +591,10 @@ def _op_additems(w: Walker, pos: int) -> int:
 
 
 def _op_frozenset(w: Walker, pos: int) -> int:
+    items = w._pop_mark()
+    _check_hashable(items)
     try:
-        w.stack.append(frozenset(w._pop_mark()))
+        w.stack.append(frozenset(items))
     except TypeError as exc:
         raise _Invalid(f"unhashable frozenset item: {exc}") from None
     return pos
@@ -518,6 +604,7 @@ def _op_dict(w: Walker, pos: int) -> int:
     items = w._pop_mark()
     if len(items) % 2:
         raise _Invalid("odd number of items for DICT")
+    _check_hashable(items[::2])
     try:
         w.stack.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
     except TypeError as exc:
@@ -560,12 +647,14 @@ def _op_put(w: Walker, pos: int) -> int:
 
 def _op_int(w: Walker, pos: int) -> int:
     line, pos = w._line(pos)
+    line = _c_string(line)
     w.stack.append(False if line == b"00" else True if line == b"01" else _parse_int(line, "INT"))
     return pos
 
 
 def _op_long(w: Walker, pos: int) -> int:
     line, pos = w._line(pos)
+    line = _c_string(line)
     if line.endswith(b"L"):
         line = line[:-1]
     w.stack.append(_parse_int(line, "LONG"))
@@ -575,7 +664,7 @@ def _op_long(w: Walker, pos: int) -> int:
 def _op_float(w: Walker, pos: int) -> int:
     line, pos = w._line(pos)
     try:
-        w.stack.append(float(line))
+        w.stack.append(float(_c_string(line)))
     except ValueError:
         raise _Invalid(f"bad FLOAT argument {line[:40]!r}") from None
     return pos
@@ -653,6 +742,32 @@ def _op_next_buffer(w: Walker, pos: int) -> int:
 def _op_readonly_buffer(w: Walker, pos: int) -> int:
     w._top()
     return pos
+
+
+def _kind(value: object) -> str:
+    """A short description for messages (never the repr of an attacker-built value)."""
+    if isinstance(value, str):
+        return repr(value[:60])
+    if isinstance(value, Global):
+        return value.qualified[:120]
+    return f"a {type(value).__name__}"
+
+
+MAX_KEY_NESTING = 64
+"""Dict keys and set items nested deeper are refused: CPython hashes nested tuples recursively in C
+with no recursion guard, so hashing an attacker's 2,000,000-deep tuple crashes the process."""
+
+
+def _check_hashable(items) -> None:
+    for item in items:
+        if not isinstance(item, (tuple, frozenset)):
+            continue
+        level, depth = [item], 0
+        while level:
+            depth += 1
+            if depth > MAX_KEY_NESTING:
+                raise _Invalid(f"dict key or set item nested more than {MAX_KEY_NESTING} deep")
+            level = list({id(x): x for v in level for x in v if isinstance(x, (tuple, frozenset))}.values())
 
 
 def _utf8(raw: bytes, opcode: str) -> str:
