@@ -15,6 +15,7 @@ from tensorsafe.sniff import TORCH_LEGACY_MAGIC_NUMBER
 if TYPE_CHECKING:
     from tensorsafe.scanner import FileScan
 
+_I8 = struct.Struct("<q").unpack_from
 LEGACY_PICKLES = ("protocol version", "system info", "main object", "storage keys")
 
 
@@ -93,16 +94,17 @@ def scan_legacy_rest(fs: "FileScan", span: Span, pos: int, location: Location, d
         fs.add("TORCH-02", "storage references or the storage key list are not literal values",
                location.at(pos - span.start))
         return
+    buf, end = span.buf, span.end
     for key in keys:
-        if key not in sizes:
+        itemsize = sizes.get(key)
+        if itemsize is None:
             fs.add("TORCH-02", f"storage key {key!r} is not referenced by the main object", location.at(pos - span.start))
             return
-        head = span.buf[pos:pos + 8] if pos + 8 <= span.end else b""
-        if len(head) < 8:
+        if pos + 8 > end:
             fs.add("TORCH-02", f"storage {key!r} is truncated", location.at(pos - span.start))
             return
-        numel = struct.unpack("<q", head)[0]
-        pos += 8 + numel * sizes[key]
+        numel = _I8(buf, pos)[0]
+        pos += 8 + numel * itemsize
         if numel < 0 or pos > span.end:
             fs.add("TORCH-02", f"storage {key!r} declares {numel:,} elements, past the end of the file",
                    location.at(pos - span.start))

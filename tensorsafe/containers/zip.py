@@ -104,12 +104,12 @@ def _check_end_records(span: Span, anomalies: list[Anomaly]) -> None:
 
 
 def _local_member(span: Span, info: zipfile.ZipInfo, anomalies: list[Anomaly]) -> Member | None:
-    raw = span.read(info.header_offset, LOCAL_HEADER.size)
-    if len(raw) < LOCAL_HEADER.size or raw[:4] != b"PK\x03\x04":
+    at = span.start + info.header_offset
+    if info.header_offset + LOCAL_HEADER.size > span.size or span.buf[at:at + 4] != b"PK\x03\x04":
         anomalies.append(Anomaly("ZIP-07", f"member {info.filename!r} has no local header at offset "
                                  f"{info.header_offset}", info.filename, info.header_offset))
         return None
-    (_, _, flags, method, _, _, crc, csize, usize, name_len, extra_len) = LOCAL_HEADER.unpack(raw)
+    (_, _, flags, method, _, _, crc, csize, usize, name_len, extra_len) = LOCAL_HEADER.unpack_from(span.buf, at)
     name_raw = span.read(info.header_offset + LOCAL_HEADER.size, name_len)
     local_name = name_raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
     data_offset = info.header_offset + LOCAL_HEADER.size + name_len + extra_len

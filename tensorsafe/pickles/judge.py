@@ -45,7 +45,11 @@ class TraceJudge:
 
     def judge(self, trace: PickleTrace) -> Verdicts:
         self._imports(trace)
+        plain = self._plain_callables()
         for call in trace.calls:
+            func = call.func
+            if type(func) is Global and func in plain:
+                continue
             self._call(call)
         for offset, target, opcode in trace.modified:
             self._add("PK-C03", f"{opcode} modifies the imported object {_describe(target)}",
@@ -78,6 +82,16 @@ class TraceJudge:
                 self._add("PK-I02", f"imports {qualified}{times}, which is not in the allowlist", offset, qualified)
             elif j.tier is Tier.BENIGN:
                 self._add("PK-I03", f"references {qualified}{times}: {j.reason}", offset, qualified)
+
+    def _plain_callables(self) -> set[Global]:
+        """Imports whose calls need no further look: allowed (or invocable benign), not calling an
+        argument, not a loader. A checkpoint calls the same few thousands of times."""
+        plain = set()
+        for key, j in self._judged.items():
+            if (j.tier is Tier.ALLOWED or (j.tier is Tier.BENIGN and j.invocable)) \
+                    and key not in INDIRECT_CALLERS and key not in NESTED_PICKLE_LOADERS:
+                plain.add(Global(key[0], key[1], 0, ""))
+        return plain
 
     def _judgement(self, key: tuple[str, str]) -> Judgement:
         j = self._judged.get(key)
