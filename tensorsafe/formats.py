@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from tensorsafe import __version__
-from tensorsafe.report import Finding, Report
+from tensorsafe.report import Finding, Report, printable
 from tensorsafe.rules import RULES, Outcome
 
 JSON_SCHEMA_VERSION = 1
@@ -24,7 +24,7 @@ def to_text(report: Report, *, verbose: bool = False) -> str:
             lines.append("  " + finding_line(f))
         if verbose and fr.imports:
             for u in fr.imports:
-                lines.append(f"  import {u.qualified} [{u.tier}] x{u.count}")
+                lines.append(f"  import {printable(u.qualified)} [{u.tier}] x{u.count}")
     lines.append(summary_line(report))
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from tensorsafe.rules import Outcome
 from tensorsafe.report import FileResult, Finding, ImportUse, Location, Report
 from tensorsafe.sniff import Kind, may_hold_zip_at_end, sniff
 
+STRUCTURE_RULES = frozenset({"PK-S01", "PK-S02", "PK-S03", "PK-S05", "PK-L01"})
 POLYGLOT_FRONT_KINDS = frozenset({Kind.PICKLE, Kind.UNKNOWN})
 """Fronts that torch.load unpickles while zipfile finds a zip at the end of the same bytes."""
 SKIPPED_DIRECTORIES = frozenset({".git", ".hg", ".svn", "__pycache__"})
@@ -69,11 +70,17 @@ class FileScan:
         return walk(buf, start, end, max_opcodes=self.limits.max_opcodes, max_memo=self.limits.max_memo_entries,
                     deadline=self.deadline, build_hook=hook)
 
-    def judge(self, trace: PickleTrace, span: Span, location: Location, depth: int) -> None:
-        """Record the findings of one walked pickle and scan the bytes it hands to loaders."""
-        self.result.pickles += 1
+    def judge(self, trace: PickleTrace, span: Span, location: Location, depth: int, *, structure: bool = True) -> None:
+        """Record the findings of one walked pickle and scan the bytes it hands to loaders.
+
+        ``structure=False``: a second view of a stream already judged (its parse errors are not news).
+        """
+        if structure:
+            self.result.pickles += 1
         verdicts = judge_trace(trace, self.policy, self.path, location, span.start)
-        self.result.findings.extend(verdicts.findings)
+        known = set(self.result.findings)
+        self.result.findings.extend(f for f in verdicts.findings if f not in known
+                                    and (structure or f.rule_id not in STRUCTURE_RULES))
         self.imports.update(verdicts.imports)
         self.tiers.update(verdicts.tiers)
         self.storage_keys.update(_storage_keys(trace))
@@ -154,6 +161,9 @@ def scan_file(path: str | os.PathLike, policy: Policy = DEFAULT_POLICY, limits: 
         fs.add_error(exc, "ARC-05", Location())
     except RecursionError:
         fs.add("ARC-05", "structure nested too deeply to follow", Location())
+    except Exception as exc:  # a bug must never turn into a crash or a clean verdict
+        fs.add("ARC-05", f"internal error while scanning ({type(exc).__name__}: {exc}); the file was not judged",
+               Location())
     fs.result.seconds = time.perf_counter() - started
     return fs.finish()
 

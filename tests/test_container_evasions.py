@@ -236,8 +236,11 @@ def test_compressed_pickles(tmp_path, compress):
     assert "PK-I01" in rule_ids(_scan(tmp_path, compress(SYSTEM), name="x.dat"))
 
 
-def test_corrupt_gzip_is_an_error(tmp_path):
+def test_corrupt_gzip_is_an_error_and_its_partial_output_is_scanned(tmp_path):
+    """Readers that stop at the end of the input still unpickle what decompressed before it."""
     report = _scan(tmp_path, gzip.compress(SYSTEM)[:-12], name="x.gz")
+    assert {"ARC-02", "PK-I01"} <= rule_ids(report) and report.exit_code == 1
+    report = _scan(tmp_path, gzip.compress(bytes(range(256)) * 64)[:-100], name="y.gz")
     assert report.exit_code == 2 and "ARC-02" in rule_ids(report)
 
 

@@ -12,6 +12,15 @@ MAX_DECOMPRESSED_BYTES = 1 << 30
 CHUNK = 1 << 20
 
 
+class DecompressError(ParseError):
+    """Corrupt or truncated compressed data; ``partial`` is what decompressed before the break
+    (joblib's readers treat the end of the input as the end of the data and unpickle it)."""
+
+    def __init__(self, message: str, partial: bytes):
+        super().__init__(message)
+        self.partial = partial
+
+
 def _decompressor(method: str):
     if method == "deflate":
         return zlib.decompressobj(-15)
@@ -37,7 +46,10 @@ def decompress(span: Span, method: str, limit: int = MAX_DECOMPRESSED_BYTES, *, 
     pos = 0
     while True:
         d = _decompressor(method)
-        pos = _run_stream(d, span, pos, out, limit)
+        try:
+            pos = _run_stream(d, span, pos, out, limit)
+        except ParseError as exc:
+            raise DecompressError(exc.message, bytes(out)) from None
         rest = span.size - pos
         if rest <= 0:
             return bytes(out)

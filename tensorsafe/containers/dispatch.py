@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tensorsafe.blob import Span
-from tensorsafe.containers.decompress import decompress
+from tensorsafe.containers.decompress import DecompressError, decompress
 from tensorsafe.containers.numpy_files import read_npy_header
 from tensorsafe.containers.pickle_stream import scan_pickle_stream
 from tensorsafe.containers.tar_scan import scan_tar
@@ -33,7 +33,9 @@ def scan_kind(fs: "FileScan", kind: Kind, span: Span, location: Location, depth:
     elif kind is Kind.TAR:
         scan_tar(fs, span, location, depth)
     elif kind is Kind.SAFETENSORS:
-        fs.note_kind("safetensors")
+        from tensorsafe.header.scan_hook import scan_safetensors  # the header checks (ST-*) and polyglot fronts
+
+        scan_safetensors(fs, span, location, depth)
     else:
         scan_pickle_stream(fs, span, location, depth, expected=pickle_expected or kind is Kind.PICKLE)
 
@@ -69,12 +71,15 @@ def scan_compressed(fs: "FileScan", kind: Kind, span: Span, location: Location, 
         fs.note_kind(method)
         fs.add_error(exc, "ARC-03", location)
         return
-    except ParseError as exc:
-        if kind in WEAK_MAGIC:
+    except DecompressError as exc:
+        if kind in WEAK_MAGIC and not exc.partial:
             scan_pickle_stream(fs, span, location, depth, expected=pickle_expected)
             return
         fs.note_kind(method)
         fs.add("ARC-02", f"{method} stream cannot be decompressed: {exc.message}", location)
+        if exc.partial:
+            fs.scan_span(Span.of_bytes(exc.partial), location.inside(f"<{method}, partial>"), depth + 1,
+                         pickle_expected=True)
         return
     fs.note_kind(method)
     fs.scan_span(Span.of_bytes(data), location.inside(f"<{method}>"), depth + 1, pickle_expected=pickle_expected)

@@ -31,8 +31,7 @@ class JoblibArrays:
         self.seen = False
 
     def __call__(self, obj: object, pos: int, frame_end: int) -> int | None:
-        if not (isinstance(obj, Call) and isinstance(obj.func, Global) and obj.func.name in WRAPPER_NAMES
-                and obj.func.module.endswith("numpy_pickle")):
+        if not is_array_wrapper(obj):
             return None
         self.seen = True
         state = obj.state
@@ -49,12 +48,31 @@ class JoblibArrays:
         return start + _element_count(state.get("shape")) * itemsize
 
     def _object_array(self, start: int) -> int:
-        trace = self.fs.walk(self.span.buf, start, self.span.end, self)
+        # joblib reads an object array with a plain pickle.load: no array reads inside it
+        trace = self.fs.walk(self.span.buf, start, self.span.end)
         self.fs.judge(trace, self.span, self.location.inside(f"<joblib object array @{start - self.span.start}>"),
                       self.depth + 1)
         if not trace.stopped:
             raise ParseError("joblib object array pickle cannot be followed")
         return trace.end
+
+
+_INSTANCE_MAKERS = frozenset({("copyreg", "_reconstructor"), ("copyreg", "__newobj__"), ("copyreg", "__newobj_ex__")})
+
+
+def _is_wrapper_class(value: object) -> bool:
+    return isinstance(value, Global) and value.name in WRAPPER_NAMES and value.module.endswith("numpy_pickle")
+
+
+def is_array_wrapper(obj: object) -> bool:
+    """joblib checks ``isinstance(obj, NumpyArrayWrapper)`` after BUILD, however it was made."""
+    if not isinstance(obj, Call):
+        return False
+    if _is_wrapper_class(obj.func):
+        return True
+    args = obj.args if isinstance(obj.args, tuple) else ()
+    return (isinstance(obj.func, Global) and (obj.func.module, obj.func.name) in _INSTANCE_MAKERS
+            and bool(args) and _is_wrapper_class(args[0]))
 
 
 def _element_count(shape: object) -> int:

@@ -5,6 +5,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from tensorsafe.blob import Span
+from tensorsafe.errors import LimitExceeded
 from tensorsafe.containers.joblib_arrays import JoblibArrays
 from tensorsafe.containers.storage_types import STORAGE_ELEMENT_SIZE
 from tensorsafe.pickles.values import Global, Unresolved
@@ -25,14 +26,15 @@ def looks_like_pickle(trace: PickleTrace) -> bool:
     import. A name with white space (``mport os`` from a Python file that starts with ``import os``:
     ``i`` is INST) is not taken as one, so source and text files are not reported as pickles; a
     module file whose name holds white space is the residual risk (docs/threat-model.md)."""
-    if trace.stopped:
+    if trace.stopped or isinstance(trace.error, LimitExceeded):
         return True
-    return any(isinstance(g, Unresolved) or _importable(g.module, g.name) for g in trace.globals)
+    return any(isinstance(g, Unresolved) or _importable(g.module) for g in trace.globals)
 
 
-def _importable(module: str, name: str) -> bool:
-    parts = module.split(".") + name.split(".")
-    return all(p and not any(c.isspace() or c in "\0/\\" for c in p) for p in parts)
+def _importable(module: str) -> bool:
+    """The import system imports the first dotted part of a module before anything else."""
+    first = module.split(".")[0]
+    return bool(first) and not any(c.isspace() or c in "\0/" for c in first)
 
 
 def scan_pickle_stream(fs: "FileScan", span: Span, location: Location, depth: int, *, expected: bool) -> None:
@@ -43,6 +45,10 @@ def scan_pickle_stream(fs: "FileScan", span: Span, location: Location, depth: in
         return
     fs.note_kind("joblib" if hook.seen else "pickle")
     _judge(fs, first, span, location, depth)
+    if hook.seen:
+        # pickle.load and torch.load read joblib's array bytes as opcodes: judge that view too
+        # (its parse errors are expected: only what it would import or call counts).
+        fs.judge(fs.walk(span.buf, span.start, span.end), span, location, depth, structure=False)
     if not first.stopped:
         return
     if first.root == TORCH_LEGACY_MAGIC_NUMBER:

@@ -54,6 +54,9 @@ class TraceJudge:
         for offset, target, opcode in trace.modified:
             self._add("PK-C03", f"{opcode} modifies the imported object {_describe(target)}",
                       offset, _describe(target))
+        if trace.deep_key_offset is not None:
+            self._add("PK-L01", "a dict key or set item is nested more than 64 deep: hashing it can crash the "
+                      "loader (limit MAX_KEY_NESTING)", trace.deep_key_offset, "MAX_KEY_NESTING")
         for offset in trace.out_of_band:
             self._add("PK-S05", "NEXT_BUFFER refers to an out-of-band buffer that is not in the file", offset)
         self._error(trace)

@@ -56,6 +56,8 @@ class PickleTrace:
     modified: list[tuple[int, object, str]] = field(default_factory=list)
     persistent: list[PersistentRef] = field(default_factory=list)
     out_of_band: list[int] = field(default_factory=list)
+    deep_key_offset: int | None = None
+    """Where a dict key or set item nested past MAX_KEY_NESTING was met (it may crash a loader)."""
     error: PickleParseError | LimitExceeded | None = None
 
     @property
@@ -174,6 +176,12 @@ class Walker:
         if len(self.stack) <= self.fence:
             raise _Invalid("unpickling stack underflow")
         return self.stack[-1]
+
+    def _key(self, item: object, offset: int) -> object:
+        key = _safe_key(item)
+        if isinstance(key, _IdentityKey) and self.trace.deep_key_offset is None:
+            self.trace.deep_key_offset = offset
+        return key
 
     def _memo_put(self, index: int, offset: int) -> None:
         if index < 0:
@@ -403,10 +411,9 @@ class Walker:
             raise _Invalid("odd number of items for SETITEMS")
         target = self._top()
         if isinstance(target, dict):
-            _check_hashable(items[::2])
             try:
                 for i in range(0, len(items), 2):
-                    target[items[i]] = items[i + 1]
+                    target[self._key(items[i], offset)] = items[i + 1]
             except TypeError as exc:
                 raise _Invalid(f"unhashable dict key: {exc}") from None
         elif isinstance(target, Call):
@@ -456,6 +463,9 @@ def _op_frame(w: Walker, pos: int) -> int:
 def _op_global(w: Walker, pos: int) -> int:
     offset = pos - 1
     module, pos = w._line(pos)
+    if pos >= w.end:  # pickle.py reads the missing name as '' and still imports the module first
+        w._import(_utf8(module, "GLOBAL"), "", offset, "GLOBAL")
+        raise _Truncated("GLOBAL has no name line before the end of the stream")
     name, pos = w._line(pos)
     w.stack.append(w._import(_utf8(module, "GLOBAL"), _utf8(name, "GLOBAL"), offset, "GLOBAL"))
     return pos
@@ -579,9 +589,8 @@ def _op_additems(w: Walker, pos: int) -> int:
     items = w._pop_mark()
     target = w._top()
     if isinstance(target, set):
-        _check_hashable(items)
         try:
-            target.update(items)
+            target.update(w._key(x, pos - 1) for x in items)
         except TypeError as exc:
             raise _Invalid(f"unhashable set item: {exc}") from None
     elif isinstance(target, Call):
@@ -593,9 +602,8 @@ def _op_additems(w: Walker, pos: int) -> int:
 
 def _op_frozenset(w: Walker, pos: int) -> int:
     items = w._pop_mark()
-    _check_hashable(items)
     try:
-        w.stack.append(frozenset(items))
+        w.stack.append(frozenset(w._key(x, pos - 1) for x in items))
     except TypeError as exc:
         raise _Invalid(f"unhashable frozenset item: {exc}") from None
     return pos
@@ -605,9 +613,8 @@ def _op_dict(w: Walker, pos: int) -> int:
     items = w._pop_mark()
     if len(items) % 2:
         raise _Invalid("odd number of items for DICT")
-    _check_hashable(items[::2])
     try:
-        w.stack.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
+        w.stack.append({w._key(items[i], pos - 1): items[i + 1] for i in range(0, len(items), 2)})
     except TypeError as exc:
         raise _Invalid(f"unhashable dict key: {exc}") from None
     return pos
@@ -649,6 +656,9 @@ def _op_put(w: Walker, pos: int) -> int:
 def _op_int(w: Walker, pos: int) -> int:
     line, pos = w._line(pos)
     line = _c_string(line)
+    if not line.strip():  # C's strtol reads an empty line (or one cut by a NUL) as 0
+        w.stack.append(0)
+        return pos
     w.stack.append(False if line == b"00" else True if line == b"01" else _parse_int(line, "INT"))
     return pos
 
@@ -755,20 +765,28 @@ def _kind(value: object) -> str:
 
 
 MAX_KEY_NESTING = 64
-"""Dict keys and set items nested deeper are refused: CPython hashes nested tuples recursively in C
-with no recursion guard, so hashing an attacker's 2,000,000-deep tuple crashes the process."""
+"""Dict keys and set items nested deeper are kept by identity instead of hashed: CPython hashes
+nested tuples recursively in C with no recursion guard, so hashing an attacker's 2,000,000-deep
+tuple would crash the scanner (a real loader crashes too; a shallower one it hashes and goes on)."""
 
 
-def _check_hashable(items) -> None:
-    for item in items:
-        if not isinstance(item, (tuple, frozenset)):
-            continue
-        level, depth = [item], 0
-        while level:
-            depth += 1
-            if depth > MAX_KEY_NESTING:
-                raise _Invalid(f"dict key or set item nested more than {MAX_KEY_NESTING} deep")
-            level = list({id(x): x for v in level for x in v if isinstance(x, (tuple, frozenset))}.values())
+class _IdentityKey:
+    __slots__ = ("value",)
+
+    def __init__(self, value: object):
+        self.value = value
+
+
+def _safe_key(item: object) -> object:
+    if not isinstance(item, (tuple, frozenset)):
+        return item
+    level, depth = [item], 0
+    while level:
+        depth += 1
+        if depth > MAX_KEY_NESTING:
+            return _IdentityKey(item)
+        level = list({id(x): x for v in level for x in v if isinstance(x, (tuple, frozenset))}.values())
+    return item
 
 
 def _utf8(raw: bytes, opcode: str) -> str:
