@@ -109,6 +109,80 @@ def scan(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file: Pa
     sys.exit(report.exit_code)
 
 
+# -- safetensors headers ----------------------------------------------------------------------------
+def _limits_help() -> str:
+    from tensorsafe.header.limits import describe_limits
+
+    return describe_limits()
+
+
+VALIDATE_HELP = f"""Validate safetensors headers against the format and the policy limits.
+
+Reads the 8-byte length and the JSON header of each file (never the tensor data unless --deep),
+whatever the file is named, and reports the reference reader's first format error (ST-Fxx,
+exit 2), policy findings (ST-Pxx, exit 1) and advisories (ST-Axx). Folders are searched for
+*.safetensors files and files that start like one.
+
+\b
+Limits (NAME = default), set with --limit NAME=VALUE or in a policy file's [limits] table:
+{_limits_help()}
+
+\b
+Examples:
+  tensorsafe validate model.safetensors
+  tensorsafe validate ./repo --limit max_tensors=500000 --sarif -o header.sarif
+  tensorsafe validate model.safetensors --deep --json
+"""
+
+
+@main.command(help=VALIDATE_HELP)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_format_option
+@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML policy file whose [limits] table replaces pyproject.toml's [tool.tensorsafe.limits].")
+@click.option("--limit", "limit_values", multiple=True, metavar="NAME=VALUE",
+              help="Set one policy limit (repeatable); the names are listed above.")
+@click.option("--deep", is_flag=True,
+              help="Also read the tensor data, in bounded chunks: NaN/Inf counts per float tensor and a SHA-256.")
+@click.option("-v", "--verbose", is_flag=True, help="List clean files too.")
+def validate(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file: Path | None,
+             limit_values: tuple[str, ...], deep: bool, verbose: bool) -> None:
+    from tensorsafe.header.limits import parse_assignment
+    from tensorsafe.header.validator import validate as validate_paths
+
+    overrides = dict(parse_assignment(v) for v in limit_values)
+    limits = None
+    if policy_file is not None:
+        from tensorsafe.header.validator import limits_from_config
+        from tensorsafe.policy_file import load_policy_file
+
+        config = load_policy_file(policy_file)
+        limits = limits_from_config(config.limits, config.source)
+    report = validate_paths(paths, limits, deep=deep, overrides=overrides)
+    _emit(report, fmt, output, verbose)
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: tensors, metadata and totals.")
+def inspect(path: Path, as_json: bool) -> None:
+    """Show a safetensors file's tensors (name, dtype, shape, bytes), metadata and totals.
+
+    Reads the header only. A file that breaks a format rule is refused (exit 2); run
+    `tensorsafe validate` for the policy findings.
+
+    \b
+    Examples:
+      tensorsafe inspect model.safetensors
+      tensorsafe inspect model.safetensors --json
+    """
+    from tensorsafe.header.inspect import inspect_file, to_dict, to_table
+
+    ins = inspect_file(path)
+    click.echo(json.dumps(to_dict(ins), indent=2) if as_json else to_table(ins))
+
+
 from tensorsafe.cli_convert import convert_command  # noqa: E402
 
 main.add_command(convert_command)

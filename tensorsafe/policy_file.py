@@ -2,6 +2,9 @@
 
     allow = ["mypackage.module:SomeClass"]     # extra allowed imports
     benign = ["mypackage.callbacks:MyCallback"]  # reported, not failed
+
+    [limits]                                     # safetensors header limits (tensorsafe.header.limits)
+    max_tensors = 500_000
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tensorsafe.errors import PolicyFileError
+from tensorsafe.header.limits import DEFAULT_LIMITS
 from tensorsafe.pickles.policy import DEFAULT_POLICY, Policy
 
 KNOWN_KEYS = frozenset({"allow", "benign", "limits"})
@@ -53,6 +57,7 @@ def _config(table: dict, source: str) -> PolicyConfig:
     limits = table.get("limits", {})
     if not isinstance(limits, dict):
         raise PolicyFileError("'limits' must be a table", path=source)
+    DEFAULT_LIMITS.updated(limits, source=source)  # unknown names and bad values fail now, with the file named
     config = PolicyConfig(lists["allow"], lists["benign"], limits, source)
     config.policy()  # refuse dangerous entries and bad names now, with the file named
     return config

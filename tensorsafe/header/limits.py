@@ -1,0 +1,84 @@
+"""The policy limits of the header checks (ST-P01 to ST-P07). Each default is a named constant here.
+
+Every limit can be set in a policy file's ``[limits]`` table (or ``[tool.tensorsafe.limits]`` in
+pyproject.toml) and with ``tensorsafe validate --limit NAME=VALUE``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Mapping
+
+from tensorsafe.errors import PolicyFileError, UsageError
+
+HEADER_WARN_BYTES = 25_000_000
+"""ST-P01: huggingface_hub's ``SAFETENSORS_MAX_HEADER_LENGTH``; bigger headers get an advisory."""
+MAX_TENSORS = 100_000
+"""ST-P02: tensor entries per file."""
+MAX_RANK = 16
+"""ST-P03: dimensions per tensor (numpy's hard limit is 64; torch has none)."""
+MAX_DIM = (1 << 48) - 1
+"""ST-P04: largest dimension (the bound of the project's JSON schema)."""
+MAX_ELEMENTS = (1 << 48) - 1
+"""ST-P04: largest product of a tensor's non-zero dimensions."""
+MAX_NAME_BYTES = 1024
+"""ST-P05: longest tensor name, in UTF-8 bytes."""
+MAX_METADATA_ENTRIES = 1024
+"""ST-P06: entries in ``__metadata__``."""
+MAX_METADATA_KEY_BYTES = 1024
+"""ST-P06: longest metadata key, in UTF-8 bytes."""
+MAX_METADATA_BYTES = 8 * 1024 * 1024
+"""ST-P06: metadata keys plus values, in UTF-8 bytes."""
+MAX_JSON_DEPTH = 3
+"""ST-P07: root object, tensor entry or metadata object, shape and offset arrays."""
+
+
+@dataclass(frozen=True)
+class HeaderLimits:
+    """Limits of the policy rules; the format rules' limits (ST-F02, ST-F06) are the reference's own."""
+
+    header_warn_bytes: int = HEADER_WARN_BYTES
+    max_tensors: int = MAX_TENSORS
+    max_rank: int = MAX_RANK
+    max_dim: int = MAX_DIM
+    max_elements: int = MAX_ELEMENTS
+    max_name_bytes: int = MAX_NAME_BYTES
+    max_metadata_entries: int = MAX_METADATA_ENTRIES
+    max_metadata_key_bytes: int = MAX_METADATA_KEY_BYTES
+    max_metadata_bytes: int = MAX_METADATA_BYTES
+    max_json_depth: int = MAX_JSON_DEPTH
+
+    def updated(self, values: Mapping[str, object], *, source: str | None = None) -> "HeaderLimits":
+        """A copy with ``values`` applied; unknown names or non-integer values raise ``PolicyFileError``
+        (``source`` given: a policy file) or ``UsageError`` (the command line)."""
+        error = PolicyFileError if source is not None else UsageError
+        where = f" in [limits]" if source is not None else ""
+        changes = {}
+        for name, value in values.items():
+            if name not in LIMIT_NAMES:
+                raise error(f"unknown limit {name!r}{where}; known limits: {', '.join(LIMIT_NAMES)}", path=source)
+            if type(value) is not int or value < 0:
+                raise error(f"limit {name!r}{where} must be a non-negative integer, not {value!r}", path=source)
+            changes[name] = value
+        return replace(self, **changes)
+
+
+DEFAULT_LIMITS = HeaderLimits()
+LIMIT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(HeaderLimits))
+
+
+def parse_assignment(text: str) -> tuple[str, int]:
+    """``NAME=VALUE`` from the command line (``_`` allowed in VALUE: ``max_tensors=1_000``)."""
+    name, sep, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or not name:
+        raise UsageError(f"--limit expects NAME=VALUE, got {text!r}")
+    try:
+        number = int(value.strip(), 0)
+    except ValueError:
+        raise UsageError(f"--limit {name}: {value.strip()!r} is not an integer") from None
+    return name, number
+
+
+def describe_limits() -> str:
+    """One line per limit with its default, for ``--help``."""
+    return "\n".join(f"  {f.name} = {f.default:_}" for f in fields(HeaderLimits))

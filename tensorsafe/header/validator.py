@@ -1,0 +1,180 @@
+"""The header validator: every rule of ../shared/specs/safetensors-header.md over one byte source.
+
+Order: the format rules in the reference's order (stop at the first error, then report the format
+errors the reference lets through), else the policy rules, the polyglot checks, the advisories,
+and, when asked, the deep check.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+from tensorsafe.errors import UnreadableFileError
+from tensorsafe.header import advisories, policy_rules, polyglot
+from tensorsafe.header.deep import DeepResult, deep_check, deep_issues
+from tensorsafe.header.layout import LENGTH_BYTES, ByteSource, FileSource, read_header
+from tensorsafe.header.limits import DEFAULT_LIMITS, HeaderLimits
+from tensorsafe.header.model import Header, HeaderFormatError, Issue
+from tensorsafe.header.offsets import check_layout
+from tensorsafe.header.parse import parse_header
+from tensorsafe.report import FileResult, Finding, Location, Report
+
+MAX_FINDINGS_PER_RULE = 20
+"""More findings of one rule in one file are folded into a count."""
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+@dataclass
+class HeaderCheck:
+    """What the checks found in one file: ``header`` is ``None`` when a format rule failed."""
+
+    issues: list[Issue] = field(default_factory=list)
+    header: Header | None = None
+    deep: DeepResult | None = None
+    pickle_front: bool = False
+    zip_tail: bool = False
+
+
+def read_checked_header(src: ByteSource) -> Header:
+    """The header, through every format rule (ST-F01 to ST-F18); raises :class:`HeaderFormatError`."""
+    header = parse_header(read_header(src))
+    try:
+        check_layout(header)
+    except HeaderFormatError as exc:
+        exc.differentials = header.differentials
+        raise
+    return header
+
+
+def check_source(src: ByteSource, limits: HeaderLimits = DEFAULT_LIMITS, *, deep: bool = False) -> HeaderCheck:
+    """Run every rule over ``src``; bad content never raises (it becomes issues)."""
+    try:
+        header = read_checked_header(src)
+    except HeaderFormatError as exc:
+        first = exc.issue()
+        return HeaderCheck([first, *(d for d in exc.differentials if (d.rule_id, d.trigger) != (first.rule_id,
+                                                                                              first.trigger))])
+    if header.differentials:
+        return HeaderCheck(list(header.differentials), header)
+    check = HeaderCheck(header=header)
+    try:
+        _policy_and_advisories(check, src, header, limits)
+        if deep:
+            check.deep = deep_check(src, header)
+            check.issues += deep_issues(check.deep)
+    except (UnreadableFileError, EOFError):
+        raise
+    except Exception as exc:  # a bug in a check must not pass a file: fail closed, keep what was found
+        check.issues.append(Issue("ST-E01", f"a header check failed: {type(exc).__name__}: {exc}", None,
+                                  type(exc).__name__))
+    return check
+
+
+def _policy_and_advisories(check: HeaderCheck, src: ByteSource, header: Header, limits: HeaderLimits) -> None:
+    issues = check.issues
+    issues += policy_rules.check_header_size(header, limits)
+    issues += policy_rules.check_tensors(header, limits)
+    issues += policy_rules.check_metadata(header, limits)
+    issues += policy_rules.check_structure(header, limits)
+    zip_issue = polyglot.zip_at_end(src)
+    pickle_issue = polyglot.pickle_at_front(src, header.length)
+    issues += [i for i in (zip_issue, pickle_issue) if i is not None]
+    check.zip_tail, check.pickle_front = zip_issue is not None, pickle_issue is not None
+    issues += advisories.check_padding(header)
+    issues += advisories.check_alignment(header)
+    issues += advisories.check_loader_support(header)
+
+
+def to_findings(path: str, issues: Iterable[Issue], location: Location = Location()) -> list[Finding]:
+    """Issues as findings; past :data:`MAX_FINDINGS_PER_RULE` of one rule, one finding counts the rest."""
+    findings, counts = [], {}
+    for issue in issues:
+        n = counts[issue.rule_id] = counts.get(issue.rule_id, 0) + 1
+        if n <= MAX_FINDINGS_PER_RULE:
+            findings.append(Finding(path, issue.rule_id, issue.message, location.at(issue.offset), issue.trigger))
+    for rule_id, n in counts.items():
+        if n > MAX_FINDINGS_PER_RULE:
+            findings.append(Finding(path, rule_id, f"... and {n - MAX_FINDINGS_PER_RULE:,} more {rule_id} findings",
+                                    location))
+    return findings
+
+
+def validate_file(path: str | os.PathLike, limits: HeaderLimits | None = None, *, deep: bool = False,
+                  overrides: Mapping[str, int] | None = None) -> FileResult:
+    """Validate one file as safetensors, whatever its name; never raises for bad content.
+
+    ``limits``: ``None`` for the nearest pyproject.toml's ``[tool.tensorsafe.limits]``; ``overrides``
+    are applied on top (``UsageError`` for an unknown name)."""
+    path = os.fspath(path)
+    limits = limits if limits is not None else _limits_for(path)
+    if overrides:
+        limits = limits.updated(overrides)
+    result = FileResult(path=path, kind="safetensors")
+    started = time.perf_counter()
+    try:
+        with FileSource(path) as src:
+            result.size = src.size
+            check = check_source(src, limits, deep=deep)
+        result.findings = to_findings(path, check.issues)
+    except UnreadableFileError as exc:
+        result.findings = [Finding(path, "IO-01", exc.message)]
+    except EOFError as exc:  # the file shrank under the deep check
+        result.findings = [Finding(path, "IO-01", str(exc))]
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def validate(paths: str | os.PathLike | Iterable[str | os.PathLike], limits: HeaderLimits | None = None,
+             *, deep: bool = False, overrides: Mapping[str, int] | None = None) -> Report:
+    """Validate safetensors files; the library form of ``tensorsafe validate``.
+
+    Files named explicitly are validated whatever they hold; in folders, files named
+    ``*.safetensors`` and files that start like one (an 8-byte length and ``{``) are. Without
+    ``limits``, each file gets the ``[tool.tensorsafe.limits]`` of the nearest pyproject.toml;
+    ``overrides`` (limit name -> value) apply on top.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if overrides:
+        DEFAULT_LIMITS.updated(overrides)  # refuse unknown names before any file is read
+    report = Report()
+    for path in iter_candidates(paths):
+        report.files.append(validate_file(path, limits, deep=deep, overrides=overrides))
+    return report
+
+
+def iter_candidates(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    from tensorsafe.scanner import iter_files
+
+    for p in paths:
+        if Path(p).is_dir():
+            yield from (f for f in iter_files([p]) if f.name.endswith(SAFETENSORS_SUFFIX) or starts_like(f))
+        else:
+            yield Path(p)
+
+
+def starts_like(path: Path) -> bool:
+    """An 8-byte length that is not zero, then ``{`` after JSON whitespace: worth validating."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(LENGTH_BYTES + 64)
+    except OSError:
+        return False
+    return len(head) > LENGTH_BYTES and head[:LENGTH_BYTES] != bytes(LENGTH_BYTES) \
+        and head[LENGTH_BYTES:].lstrip(b" \t\r\n")[:1] == b"{"
+
+
+def _limits_for(path: str) -> HeaderLimits:
+    from tensorsafe.policy_file import config_for_path
+
+    config = config_for_path(path)
+    return limits_from_config(config.limits, config.source)
+
+
+def limits_from_config(table: dict, source: str) -> HeaderLimits:
+    """A policy file's ``[limits]`` table over the defaults (already validated when it was loaded)."""
+    return DEFAULT_LIMITS.updated(table, source=source) if table else DEFAULT_LIMITS
+
