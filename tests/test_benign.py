@@ -147,3 +147,16 @@ def test_in_memory_torch_zip_inside_tar_and_gzip(tmp_path):
     report = tensorsafe.scan(tmp_path)
     assert report.verdict == "clean", [str(f) for f in report.findings]
     assert sum(f.pickles for f in report.files) == 2
+
+
+def test_broken_safetensors_is_not_called_other(tmp_path):
+    """A header length that runs past the file is a format error for `scan` too, not "other"."""
+    import struct
+
+    header = b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    (tmp_path / "lying.bin").write_bytes(struct.pack("<Q", 10**6) + header + b"\0" * 4)
+    (tmp_path / "short.safetensors").write_bytes(b"\x01\x02")
+    report = tensorsafe.scan(tmp_path)
+    assert report.exit_code == 2
+    assert {f.kind for f in report.files} == {"safetensors"}
+    assert {"ST-F03", "ST-F01"} <= rule_ids(report)

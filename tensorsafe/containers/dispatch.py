@@ -38,6 +38,19 @@ def scan_kind(fs: "FileScan", kind: Kind, span: Span, location: Location, depth:
         scan_safetensors(fs, span, location, depth)
     else:
         scan_pickle_stream(fs, span, location, depth, expected=pickle_expected or kind is Kind.PICKLE)
+        if fs.kinds and fs.kinds[-1] == "other" and _broken_safetensors(fs, span, location):
+            from tensorsafe.header.scan_hook import scan_safetensors
+
+            fs.kinds.pop()
+            scan_safetensors(fs, span, location, depth)
+
+
+def _broken_safetensors(fs: "FileScan", span: Span, location: Location) -> bool:
+    """Not a pickle, and shaped like safetensors whose header length lies (or named like one):
+    the header checks say what is wrong instead of calling the file "other"."""
+    head = span.head(64)
+    named = not location.members and fs.path.endswith(".safetensors")
+    return named or (len(head) > 8 and head[8:].lstrip(b" \t\r\n")[:1] == b"{")
 
 
 def scan_zip(fs: "FileScan", span: Span, location: Location, depth: int) -> None:
