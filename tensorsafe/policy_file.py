@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,8 +83,14 @@ def _repo_config(folder: Path) -> PolicyConfig:
 
 def config_for_path(path: str | Path) -> PolicyConfig:
     """The ``[tool.tensorsafe]`` table of the nearest pyproject.toml above ``path`` (within its repo)."""
-    path = Path(path).absolute()
-    return _repo_config(path if path.is_dir() else path.parent)
+    path = os.path.abspath(os.fspath(path))
+    return _folder_config(path if os.path.isdir(path) else os.path.dirname(path))
+
+
+@functools.lru_cache(maxsize=1024)
+def _folder_config(folder: str) -> PolicyConfig:
+    """Cached by folder name: a scan of a thousand files in one folder looks it up once."""
+    return _repo_config(Path(folder))
 
 
 def policy_for_path(path: str | Path) -> Policy:

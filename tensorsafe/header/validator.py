@@ -171,7 +171,14 @@ def _limits_for(path: str) -> HeaderLimits:
     from tensorsafe.policy_file import config_for_path
 
     config = config_for_path(path)
-    return limits_from_config(config.limits, config.source)
+    cached = _LIMITS_BY_CONFIG.get(id(config))
+    if cached is None or cached[0] is not config:
+        cached = _LIMITS_BY_CONFIG[id(config)] = (config, limits_from_config(config.limits, config.source))
+    return cached[1]
+
+
+_LIMITS_BY_CONFIG: dict[int, tuple[object, HeaderLimits]] = {}
+"""Policy configs are cached per folder, so their limits are built once per config."""
 
 
 def limits_from_config(table: dict, source: str) -> HeaderLimits:
