@@ -167,20 +167,33 @@ def validate(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: tensors, metadata and totals.")
 def inspect(path: Path, as_json: bool) -> None:
-    """Show a safetensors file's tensors (name, dtype, shape, bytes), metadata and totals.
+    """Show a model file's tensors (name, dtype, shape, bytes), metadata, totals and SD family.
 
-    Reads the header only. A file that breaks a format rule is refused (exit 2); run
-    `tensorsafe validate` for the policy findings.
+    A safetensors file is read from its header only; a file that breaks a format rule is refused
+    (exit 2; run `tensorsafe validate` for the policy findings). A torch checkpoint is scanned
+    first and read without running its pickle. The detected Stable Diffusion family is shown with
+    the keys and shapes it was read from, and what was assumed.
 
     \b
     Examples:
       tensorsafe inspect model.safetensors
-      tensorsafe inspect model.safetensors --json
+      tensorsafe inspect v1-5-pruned.ckpt --json
     """
+    from tensorsafe.blob import MappedFile
+    from tensorsafe.convert.describe import checkpoint_table, family_lines, family_report
     from tensorsafe.header.inspect import inspect_file, to_dict, to_table
+    from tensorsafe.sniff import Kind, sniff
 
-    ins = inspect_file(path)
-    click.echo(json.dumps(to_dict(ins), indent=2) if as_json else to_table(ins))
+    with MappedFile(path) as mf:
+        kind = sniff(mf.span)
+    if kind in (Kind.ZIP, Kind.PICKLE):
+        data, lines, shapes, extras = checkpoint_table(path)
+    else:
+        ins = inspect_file(path)
+        data, lines = to_dict(ins), to_table(ins).splitlines()
+        shapes, extras = {t.name: tuple(t.shape) for t in ins.tensors}, {}
+    data["model"] = family_report(shapes, extras)
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else "\n".join(lines + family_lines(data["model"])))
 
 
 from tensorsafe.cli_convert import convert_command  # noqa: E402

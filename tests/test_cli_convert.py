@@ -121,3 +121,18 @@ def test_kill_during_write_leaves_no_partial_output(tmp_path, tiny_ckpt, sig):
     proc.wait(timeout=60)
     assert proc.returncode != 0
     assert not dst.exists() and _leftovers(tmp_path) == []
+
+
+def test_inspect_shows_the_family_and_its_evidence(tiny_ckpt, tmp_path):
+    result = CliRunner().invoke(main, ["inspect", "--json", str(tiny_ckpt)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["format"] == "pytorch-zip" and doc["totals"]["tensors"] > 900
+    assert doc["model"]["family"] == "sd1" and doc["model"]["components"] == ["unet", "vae", "text_encoder"]
+    assert any("input_blocks.0.0.weight has shape [32, 4, 3, 3]" in e for e in doc["model"]["evidence"])
+    text = CliRunner().invoke(main, ["inspect", str(tiny_ckpt)]).output
+    assert "Stable Diffusion family: sd1" in text and "assumed: prediction type epsilon" in text
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(op.call_system())
+    refused = CliRunner().invoke(main, ["inspect", str(evil)])
+    assert refused.exit_code == 2 and "fails its scan" in refused.output
