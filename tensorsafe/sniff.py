@@ -5,6 +5,7 @@ import enum
 import struct
 
 from tensorsafe.blob import Span
+from tensorsafe.header.layout import MAX_HEADER_BYTES
 
 ZIP_LOCAL_MAGIC = b"PK\x03\x04"
 ZIP_EMPTY_MAGIC = b"PK\x05\x06"
@@ -16,7 +17,6 @@ BZ2_MAGIC = b"BZh"
 XZ_MAGIC = b"\xfd7zXZ\x00"
 LZMA_ALONE_MAGIC = b"\x5d\x00\x00"
 TAR_MAGIC_OFFSET = 257
-SAFETENSORS_MAX_HEADER = 100_000_000
 TORCH_LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 """The first object a legacy (pre-1.6) ``torch.save`` file pickles."""
 
@@ -69,7 +69,7 @@ def is_safetensors(span: Span, head: bytes | None = None) -> bool:
     if len(head) < 9:
         return False
     n = struct.unpack_from("<Q", head)[0]
-    if n == 0 or n > SAFETENSORS_MAX_HEADER or 8 + n > span.size:
+    if n == 0 or n > MAX_HEADER_BYTES or 8 + n > span.size:
         return False
     return head[8:].lstrip(b" \t\r\n")[:1] == b"{"
 
