@@ -201,5 +201,10 @@ from tensorsafe.cli_convert import convert_command  # noqa: E402
 main.add_command(convert_command)
 
 
+from tensorsafe.cli_render import render_command  # noqa: E402  (imports torch only when it runs)
+
+main.add_command(render_command)
+
+
 if __name__ == "__main__":
     main()

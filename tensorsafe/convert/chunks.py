@@ -6,6 +6,7 @@ the model.
 """
 from __future__ import annotations
 
+import mmap
 from typing import Iterator
 
 import numpy as np
@@ -29,6 +30,7 @@ def row_chunks(ref: TensorRef, buf, start: int = 0, stop: int | None = None) -> 
         total = (stop - start) * row_bytes
         for pos in range(0, total, CHUNK_BYTES):
             yield mv[first + pos:first + min(total, pos + CHUNK_BYTES)]
+            _release(buf, first + pos, first + min(total, pos + CHUNK_BYTES))
         return
     from tensorsafe.load import raw_bytes_view
 
@@ -38,6 +40,19 @@ def row_chunks(ref: TensorRef, buf, start: int = 0, stop: int | None = None) -> 
     step = max(1, CHUNK_BYTES // max(1, row_bytes))
     for r in range(start, stop, step):
         yield memoryview(np.ascontiguousarray(view[r:min(stop, r + step)])).cast("B")
+
+
+def _release(buf, begin: int, end: int) -> None:
+    """Unmap the pages of a piece the writer has consumed, so resident memory stays about one piece
+    and not the whole file (touched pages of a file mapping count in RSS). Nothing is lost: the
+    mapping is read-only, the bytes stay in the page cache, and a later access maps them again."""
+    if isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        lo = begin - begin % mmap.PAGESIZE
+        if end > lo:
+            try:
+                buf.madvise(mmap.MADV_DONTNEED, lo, end - lo)
+            except (OSError, ValueError):  # advice only: a refusal changes nothing
+                pass
 
 
 def transpose_chunks(ref: TensorRef, buf) -> Iterator[memoryview]:

@@ -317,8 +317,8 @@ def scheduler_config(detection: Detection) -> dict:
                "sample_max_value": 1.0, "set_alpha_to_one": False, "thresholding": False,
                "timestep_spacing": "leading"}
     else:
-        cfg = {"_class_name": "PNDMScheduler", **_BETAS, "prediction_type": pred, "set_alpha_to_one": False,
-               "skip_prk_steps": True, "timestep_spacing": "leading"}
+        cfg = {"_class_name": "PNDMScheduler", **_BETAS, "clip_sample": False, "prediction_type": pred,
+               "set_alpha_to_one": False, "skip_prk_steps": True, "timestep_spacing": "leading"}
     cfg["_diffusers_version"] = DIFFUSERS_VERSION
     return {"_class_name": cfg.pop("_class_name"), "_diffusers_version": cfg.pop("_diffusers_version"),
             **dict(sorted(cfg.items()))}

@@ -7,10 +7,11 @@ with spaces to a multiple of 8) so every tensor is aligned.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -37,7 +38,7 @@ class Written:
     name: str
     begin: int   # absolute file offset
     nbytes: int
-    digest: bytes
+    digest: bytes  # CRC-32 of the bytes sent: a check of our own write path, not against tampering
 
 
 def layout(tensors: Iterable[OutTensor]) -> list[OutTensor]:
@@ -63,21 +64,24 @@ def write_safetensors(path: str | os.PathLike, tensors: Iterable[OutTensor], met
     ordered = layout(tensors)
     head = header_bytes(ordered, metadata)
     written: list[Written] = []
-    with open(path, "xb") as fh:
+    # CRC-32 (zlib, about 4x faster than blake2b): enough to catch a wrong or short write. It runs on a
+    # second thread while the same piece is written (both release the GIL), so it costs little wall time.
+    with open(path, "xb") as fh, ThreadPoolExecutor(1) as pool:
         fh.write(head)
         pos = len(head)
         for t in ordered:
-            digest = hashlib.blake2b(digest_size=16)
+            crc = 0
             n = 0
             for piece in t.pieces():
+                job = pool.submit(zlib.crc32, piece, crc)
                 fh.write(piece)
-                digest.update(piece)
+                crc = job.result()
                 n += len(piece)
                 if progress is not None:
                     progress(len(piece))
             if n != t.nbytes:
                 raise ParseError(f"tensor {t.name!r} produced {n:,} bytes, expected {t.nbytes:,}", path=path)
-            written.append(Written(t.name, pos, n, digest.digest()))
+            written.append(Written(t.name, pos, n, crc.to_bytes(4, "little")))
             pos += n
         fh.flush()
         os.fsync(fh.fileno())
@@ -86,16 +90,23 @@ def write_safetensors(path: str | os.PathLike, tensors: Iterable[OutTensor], met
 
 def verify_written(path: str | os.PathLike, written: list[Written], chunk: int = 16 << 20) -> None:
     """Re-read every tensor of a written file and compare it with the digest of what was sent."""
-    with open(path, "rb") as fh:
+    # Two reused buffers: one is read into while a second thread takes the CRC of the other.
+    bufs = [memoryview(bytearray(chunk)), memoryview(bytearray(chunk))]
+    with open(path, "rb", buffering=0) as fh, ThreadPoolExecutor(1) as pool:
         for w in written:
             fh.seek(w.begin)
-            digest = hashlib.blake2b(digest_size=16)
+            crc, job, i = 0, None, 0
             left = w.nbytes
             while left:
-                data = fh.read(min(chunk, left))
-                if not data:
+                got = fh.readinto(bufs[i][:min(chunk, left)])
+                if not got:
                     break
-                digest.update(data)
-                left -= len(data)
-            if left or digest.digest() != w.digest:
+                if job is not None:
+                    crc = job.result()
+                job = pool.submit(zlib.crc32, bufs[i][:got], crc)
+                i ^= 1
+                left -= got
+            if job is not None:
+                crc = job.result()
+            if left or crc.to_bytes(4, "little") != w.digest:
                 raise ParseError(f"verification failed for tensor {w.name!r}: the bytes on disk differ", path=path)

@@ -1,0 +1,428 @@
+"""Conversion speed and peak memory next to a plain copy (the disk floor) and to diffusers.
+
+    python benchmarks/bench_convert.py                     # SD1.5 (~2.1 GB) and SDXL (~6.9 GB), fp16
+    python benchmarks/bench_convert.py --models sd15       # one model
+    python benchmarks/bench_convert.py --quick             # tiny models: a smoke run in seconds
+
+Inputs are single-file checkpoints with the real SD1.5 / SDXL-base key sets and shapes and random
+fp16 weights, written once into benchmarks/_data/ (gitignored) and reused: the diffusers key sets
+come from models built on torch's ``meta`` device (no weights in memory), tensorsafe's own
+reverse key map turns them into the single-file layout, and the streaming writer writes random
+bytes a piece at a time. A diffusers folder made from each file by ``tensorsafe convert`` is kept
+beside it: the input of the reverse conversion, and the ``config=`` folder diffusers needs offline.
+
+Every measured command is its own subprocess under ``/usr/bin/time -v``, so the peak RSS is that
+command's own. The commands are run interleaved, the order rotated each round; before each run
+its inputs are read once (a warm page cache, never dropped) and its outputs from the run before
+are deleted, then ``sync`` (untimed) so that no write-back of an earlier run lands in a later one.
+Nothing here unpickles anything: every file is safetensors.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "benchmarks" / "_data"
+WORK = DATA / "_convert_work"
+TIME = "/usr/bin/time"
+MB = 1 << 20
+
+COPY_TARGET = 1.5        # ours within this many times the plain copy's wall time
+DIFFUSERS_TARGET = 5.0   # ours at least this many times faster than diffusers
+RSS_TARGET_MB = 256      # ours under this peak RSS whatever the model size
+
+# -- the models: real SD1.5 and SDXL-base configs (spec section 8), and tiny ones for --quick -------
+CROSS, CROSS_UP = "CrossAttnDownBlock2D", "CrossAttnUpBlock2D"
+SD_BLOCKS = dict(down_block_types=(CROSS, CROSS, CROSS, "DownBlock2D"), up_block_types=("UpBlock2D", CROSS_UP,
+                                                                                         CROSS_UP, CROSS_UP))
+XL_BLOCKS = dict(down_block_types=("DownBlock2D", CROSS, CROSS), up_block_types=(CROSS_UP, CROSS_UP, "UpBlock2D"),
+                 use_linear_projection=True, addition_embed_type="text_time")
+VIT_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+             hidden_act="quick_gelu", projection_dim=768)
+BIG_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu",
+             projection_dim=1280)
+VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+           up_block_types=("UpDecoderBlock2D",) * 4)
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    pipeline: str
+    unet: dict
+    vae: dict
+    text_encoders: dict  # component -> CLIPTextConfig kwargs
+
+
+MODELS = {
+    "sd15": Model("sd15", "StableDiffusionPipeline",
+                  dict(SD_BLOCKS, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
+                       attention_head_dim=8), VAE, {"text_encoder": VIT_L}),
+    "sdxl": Model("sdxl", "StableDiffusionXLPipeline",
+                  dict(XL_BLOCKS, block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10),
+                       cross_attention_dim=2048, attention_head_dim=(5, 10, 20), addition_time_embed_dim=256,
+                       projection_class_embeddings_input_dim=2816, sample_size=128),
+                  dict(VAE, scaling_factor=0.13025, sample_size=1024),
+                  {"text_encoder": VIT_L, "text_encoder_2": BIG_G}),
+}
+TINY_TE = dict(intermediate_size=67, num_hidden_layers=2, num_attention_heads=4)
+TINY_VAE = dict(VAE, block_out_channels=(32, 32, 64, 64))
+QUICK = {
+    "sd15": Model("sd15", "StableDiffusionPipeline",
+                  dict(SD_BLOCKS, block_out_channels=(32, 64, 64, 64), cross_attention_dim=32, attention_head_dim=8,
+                       sample_size=8), TINY_VAE, {"text_encoder": dict(TINY_TE, hidden_size=32, hidden_act="quick_gelu",
+                                                                         projection_dim=32)}),
+    "sdxl": Model("sdxl", "StableDiffusionXLPipeline",
+                  dict(XL_BLOCKS, block_out_channels=(32, 64, 64), transformer_layers_per_block=(1, 2, 3),
+                       cross_attention_dim=72, attention_head_dim=(1, 2, 2), addition_time_embed_dim=8,
+                       projection_class_embeddings_input_dim=6 * 8 + 16, sample_size=8),
+                  TINY_VAE, {"text_encoder": dict(TINY_TE, hidden_size=32, hidden_act="quick_gelu", projection_dim=32),
+                             "text_encoder_2": dict(TINY_TE, hidden_size=40, hidden_act="gelu", projection_dim=16)}),
+}
+
+
+# -- inputs: a single file with random fp16 weights, written a piece at a time --------------------
+def orig_layout(model: Model) -> tuple[dict[str, tuple[int, ...]], object]:
+    """The single-file key -> shape set of ``model`` (no weights are allocated: meta device)."""
+    import logging
+    import warnings
+
+    import diffusers
+    import torch
+    import transformers
+
+    from tensorsafe.convert import families, keymaps
+
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel(**model.unet)
+        mods = {"unet": unet, "vae": diffusers.AutoencoderKL(**model.vae)}
+        for component, kw in model.text_encoders.items():
+            cls = transformers.CLIPTextModelWithProjection if component == "text_encoder_2" else \
+                transformers.CLIPTextModel
+            mods[component] = cls(transformers.CLIPTextConfig(vocab_size=49408, max_position_embeddings=77,
+                                                              bos_token_id=0, eos_token_id=2, pad_token_id=1, **kw))
+    sbc = {}
+    for component, module in mods.items():
+        shapes = {}
+        for key, value in module.state_dict().items():
+            if component.startswith("text_encoder") and not key.startswith(("text_model.", "text_projection")):
+                key = "text_model." + key  # transformers 5 drops the prefix; the folder layout has it
+            shapes[key] = tuple(value.shape)
+        sbc[component] = shapes
+    detection = families.detect_folder({}, {"unet": dict(unet.config)}, sbc)
+    plan = keymaps.plan_to_single_file(sbc, detection)
+    assert not plan.unmapped, plan.unmapped[:5]
+    return {t.key: t.shape for t in plan.targets}, detection
+
+
+def random_fp16(nbytes: int, seed: int):
+    """Pieces of random, finite fp16 values (|x| < 2: the top exponent bit cleared), 16 MiB at a time."""
+    import numpy as np
+
+    def pieces():
+        rng = np.random.default_rng(seed)
+        left = nbytes
+        while left:
+            n = min(left, 16 * MB)
+            yield memoryview(np.frombuffer(rng.bytes(n), dtype="<u2") & np.uint16(0xBFFF)).cast("B")
+            left -= n
+    return pieces
+
+
+def ensure_single_file(model: Model, tag: str) -> Path:
+    from tensorsafe.convert.writer import OutTensor, write_safetensors
+    from tensorsafe.tensors import DTYPES
+
+    path = DATA / f"{tag}_random_fp16.safetensors"
+    if path.is_file():
+        return path
+    started = time.perf_counter()
+    shapes, _ = orig_layout(model)
+    tensors = [OutTensor(key, DTYPES["F16"], shape, random_fp16(2 * _numel(shape), seed))
+               for seed, (key, shape) in enumerate(sorted(shapes.items()))]
+    tmp = path.with_name(path.name + ".partial")
+    tmp.unlink(missing_ok=True)
+    write_safetensors(tmp, tensors, {"format": "pt"})
+    os.replace(tmp, path)
+    print(f"  wrote {path.name}: {len(tensors):,} tensors, {path.stat().st_size / 1e9:.2f} GB "
+          f"in {time.perf_counter() - started:.0f} s")
+    return path
+
+
+def ensure_folder(single: Path) -> Path:
+    """The diffusers folder of ``single``, made by tensorsafe (reverse input, diffusers' config=)."""
+    from tensorsafe.convert.run import convert
+
+    folder = single.with_name(single.name.replace(".safetensors", "_diffusers"))
+    if (folder / "model_index.json").is_file():
+        return folder
+    result = convert(single, folder, overwrite=True)
+    print(f"  made {folder.name}/ with tensorsafe convert ({result.family}, {result.seconds:.0f} s)")
+    return folder
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# -- measuring one command -------------------------------------------------------------------------
+DIFFUSERS_CHILD = r"""
+import sys
+if sys.argv[1] == "off":
+    sys.modules["accelerate"] = None  # importlib.util.find_spec("accelerate") is now None: both libraries see none
+import torch, diffusers, transformers
+from diffusers.utils import is_accelerate_available
+print("ACCELERATE", is_accelerate_available(), transformers.utils.is_accelerate_available(), flush=True)
+pipe = getattr(diffusers, sys.argv[2]).from_single_file(sys.argv[3], config=sys.argv[4], local_files_only=True,
+                                                        torch_dtype=torch.float16)
+pipe.save_pretrained(sys.argv[5], safe_serialization=True)
+"""
+
+
+@dataclass
+class Command:
+    label: str
+    argv: list[str]
+    inputs: list[Path]
+    outputs: list[Path]
+    reps: int
+    expect: str | None = None   # a line the command must print (the accelerate check)
+    kind: str = "other"         # copy, copy+sync, ours, reverse, diffusers
+    walls: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)     # user + system seconds
+    rounds: list[int] = field(default_factory=list)
+    failed: str | None = None
+
+    def done(self) -> bool:
+        return self.failed is not None or len(self.walls) >= self.reps
+
+    def per_round(self, other: "Command") -> float:
+        """Median over the rounds both ran of this wall time over the other's (robust to drift)."""
+        theirs = dict(zip(other.rounds, other.walls))
+        return med([w / theirs[r] for r, w in zip(self.rounds, self.walls) if r in theirs])
+
+
+def warm(paths: list[Path]) -> None:
+    """Read every input once so the timed run finds it in the page cache."""
+    for p in paths:
+        for f in ([p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())):
+            with open(f, "rb", buffering=0) as fh:
+                while fh.read(64 * MB):
+                    pass
+
+
+def clean(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    subprocess.run(["sync"], check=True)
+    settle()
+
+
+def settle(quiet_s: float = 1.0, limit_s: float = 60.0) -> None:
+    """Wait until the data disk has been idle for ``quiet_s`` (write-back and, on a ``discard``
+    mount, the TRIM of deleted outputs otherwise land in the next timed run)."""
+    dev = os.stat(DATA).st_dev
+    stat = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat")
+    if not stat.exists():
+        time.sleep(quiet_s)
+        return
+    def sample() -> tuple[int, ...]:
+        f = [int(x) for x in stat.read_text().split()]
+        return f[8], f[6], *(f[13:14] or [0])  # in flight, sectors written, sectors discarded
+    deadline, last, quiet = time.monotonic() + limit_s, sample(), 0.0
+    while quiet < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = sample()
+        quiet = quiet + 0.25 if now[0] == 0 and now[1:] == last[1:] else 0.0
+        last = now
+
+
+def run_once(cmd: Command, rnd: int, env: dict[str, str]) -> None:
+    clean(cmd.outputs)
+    warm(cmd.inputs)
+    started = time.perf_counter()
+    proc = subprocess.run([TIME, "-v", *cmd.argv], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - started
+    clean(cmd.outputs)
+    if proc.returncode != 0 or (cmd.expect is not None and cmd.expect not in proc.stdout):
+        why = f"exit status {proc.returncode}" + (" (killed: out of memory?)" if proc.returncode in (137, -9) else "")
+        if proc.returncode == 0:
+            why = f"expected {cmd.expect!r} in its output, got {proc.stdout[:200]!r}"
+        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-2000:])
+        print(f"    {cmd.label:<34} FAILED: {why}", flush=True)
+        cmd.failed = why
+        return
+
+    def field_of(name: str) -> float:
+        m = re.search(rf"{re.escape(name)}: ([\d.]+)", proc.stderr)
+        return float(m.group(1)) if m else float("nan")
+
+    cmd.rounds.append(rnd)
+    cmd.walls.append(wall)
+    cmd.rss_mb.append(field_of("Maximum resident set size (kbytes)") / 1024)
+    cmd.cpu.append(field_of("User time (seconds)") + field_of("System time (seconds)"))
+    print(f"    {cmd.label:<34} {wall:8.2f} s  {cmd.rss_mb[-1]:9.0f} MB  cpu {cmd.cpu[-1]:7.2f} s", flush=True)
+
+
+def commands(model: Model, src: Path, folder: Path, diffusers_reps: int, reps: int) -> list[Command]:
+    py = sys.executable
+    cli = Path(py).with_name("tensorsafe")
+    ts = [str(cli)] if cli.exists() else [py, "-m", "tensorsafe"]
+    copy, out, back, dfo = WORK / "copy.safetensors", WORK / "out", WORK / "back.safetensors", WORK / "diffusers_out"
+    cmds = [
+        Command("cp (plain copy)", ["cp", str(src), str(copy)], [src], [copy], reps, kind="copy"),
+        Command("cp + sync (durable copy)", ["sh", "-c", 'cp "$1" "$2" && sync "$2"', "sh", str(src), str(copy)],
+                [src], [copy], reps, kind="copy+sync"),
+        Command("tensorsafe convert file->folder", [*ts, "convert", str(src), str(out), "--overwrite", "-q"],
+                [src], [out], reps, kind="ours"),
+        Command("tensorsafe convert folder->file", [*ts, "convert", str(folder), str(back), "--overwrite", "-q"],
+                [folder], [back], reps, kind="reverse"),
+    ]
+    for accel in ("on", "off"):
+        cmds.append(Command(f"diffusers, accelerate {accel}",
+                            [py, "-c", DIFFUSERS_CHILD, accel, model.pipeline, str(src), str(folder), str(dfo)],
+                            [src, folder], [dfo], diffusers_reps,
+                            expect=f"ACCELERATE {accel == 'on'} {accel == 'on'}", kind="diffusers"))
+    return cmds
+
+
+# -- report -------------------------------------------------------------------------------------------
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def report(tag: str, nbytes: int, cmds: list[Command]) -> list[tuple[str, bool]]:
+    by = {c.kind: c for c in cmds if c.kind != "diffusers"}
+    cp, sync, ours = by["copy"], by["copy+sync"], by["ours"]
+    print(f"\n{tag}: {nbytes / 1e9:.2f} GB")
+    head = (f"  {'command':<34} {'runs':>4} {'wall s':>7} {'min s':>7} {'cpu s':>7} {'GB/s':>5} {'peak RSS MB':>11} "
+            f"{'x cp':>6} {'x cp+sync':>9} {'x cp/rnd':>8} {'x ours':>7}")
+    print(head)
+    print("  " + "-" * (len(head) - 2))
+    for c in cmds:
+        if not c.walls:
+            print(f"  {c.label:<34} failed: {c.failed}")
+            continue
+        w = med(c.walls)
+        vs = f"{w / med(ours.walls):7.1f}" if c.kind == "diffusers" else ""
+        print(f"  {c.label:<34} {len(c.walls):>4} {w:7.2f} {min(c.walls):7.2f} {med(c.cpu):7.2f} "
+              f"{nbytes / w / 1e9:5.2f} {max(c.rss_mb):11.0f} {w / med(cp.walls):6.2f} {w / med(sync.walls):9.2f} "
+              f"{c.per_round(cp):8.2f} {vs:>7}" + (f"  (then failed: {c.failed})" if c.failed else ""))
+    print("  wall, cpu: medians; peak RSS: the largest of the runs; x cp, x cp+sync: median over median; x cp/rnd: "
+          "median of the per-round ratios to cp; x ours: diffusers' median over our file->folder median")
+    checks = []
+    for c in (ours, by["reverse"]):
+        if not c.walls:
+            checks.append((f"{tag} {c.label}: failed ({c.failed})", False))
+            continue
+        r = med(c.walls) / med(cp.walls)
+        checks.append((f"{tag} {c.label}: wall / cp = {r:.2f} (per round {c.per_round(cp):.2f}; target <= "
+                       f"{COPY_TARGET}); / cp+sync = {med(c.walls) / med(sync.walls):.2f}", r <= COPY_TARGET))
+        checks.append((f"{tag} {c.label}: peak RSS {max(c.rss_mb):.0f} MB (target < {RSS_TARGET_MB})",
+                       max(c.rss_mb) < RSS_TARGET_MB and not c.failed))
+    for c in cmds:
+        if c.kind == "diffusers":
+            if not c.walls or not ours.walls:
+                checks.append((f"{tag} {c.label}: failed ({c.failed}), no ratio", False))
+                continue
+            r = med(c.walls) / med(ours.walls)
+            checks.append((f"{tag} {c.label}: {r:.1f}x our file->folder time (target >= {DIFFUSERS_TARGET}); "
+                           f"peak RSS {max(c.rss_mb):.0f} MB", r >= DIFFUSERS_TARGET))
+    return checks
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny models (a smoke run in seconds)")
+    ap.add_argument("--models", default=None, help="comma-separated: sd15, sdxl (default both; --quick: sd15)")
+    ap.add_argument("--reps", type=int, default=None, help="timed runs of each command (default 3; --quick: 1)")
+    ap.add_argument("--diffusers-reps", type=int, default=None,
+                    help="timed runs of each diffusers command (default: --reps; 2 for SDXL, which is slow)")
+    ap.add_argument("--no-diffusers", action="store_true", help="only the copies and tensorsafe (before/after checks)")
+    args = ap.parse_args(argv)
+    args.models = args.models or ("sd15" if args.quick else "sd15,sdxl")
+    args.reps = args.reps or (1 if args.quick else 3)
+    if not os.access(TIME, os.X_OK):
+        raise SystemExit(f"{TIME} is missing: apt-get update && apt-get install -y time")
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    table = QUICK if args.quick else MODELS
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; choose from {sorted(table)}")
+    DATA.mkdir(parents=True, exist_ok=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
+
+    import diffusers
+    import torch
+    import transformers
+    print(f"machine: {os.cpu_count()} CPUs, {_mem_gb():.0f} GB RAM, {platform.system()} {platform.release()}; "
+          f"Python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}, "
+          f"transformers {transformers.__version__}")
+    print("diffusers loads with torch_dtype=float16 (the file's dtype) and saves safetensors; every input is read "
+          "once before each run (warm page cache, nothing dropped); outputs are deleted and `sync` run between "
+          "runs (untimed).")
+    checks: list[tuple[str, bool]] = []
+    for name in names:
+        model = table[name]
+        tag = f"{name}{' (quick)' if args.quick else ''}"
+        print(f"\n== {tag}: inputs")
+        src = ensure_single_file(model, f"quick_{name}" if args.quick else name)
+        folder = ensure_folder(src)
+        dreps = args.diffusers_reps or (min(args.reps, 2) if name == "sdxl" and not args.quick else args.reps)
+        cmds = commands(model, src, folder, dreps, args.reps)
+        if args.no_diffusers:
+            cmds = [c for c in cmds if c.kind != "diffusers"]
+        print(f"== {tag}: {src.name} ({size_of(src) / 1e9:.2f} GB), reverse from {folder.name}/ "
+              f"({size_of(folder) / 1e9:.2f} GB); {args.reps} rounds, diffusers {dreps}")
+        for r in range(max(c.reps for c in cmds)):
+            todo = [c for c in cmds if not c.done()]
+            if not todo:
+                break
+            shift = r % len(todo)
+            print(f"  round {r + 1}")
+            for c in todo[shift:] + todo[:shift]:
+                run_once(c, r, env)
+        checks += report(tag, size_of(src), cmds)
+    print("\nTargets:" + (" (--quick: tiny files, where start-up dominates; the targets are about the real sizes)"
+                          if args.quick else ""))
+    for text, ok in checks:
+        print(f"  [{'met ' if ok else 'MISS'}] {text}")
+    shutil.rmtree(WORK, ignore_errors=True)
+    return 0
+
+
+def _mem_gb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError):
+        return float("nan")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

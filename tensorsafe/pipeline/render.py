@@ -1,0 +1,157 @@
+"""``render``: one picture from a converted folder or a single-file checkpoint, to confirm it works.
+
+A single file is converted into a temporary diffusers folder first (the same converter as
+``tensorsafe convert``, so what renders is what a conversion writes), loaded, and the folder
+removed. Models that need an input picture get a generated one: inpainting a smooth colour field
+with an elliptical mask, depth a radial depth map, the SDXL refiner (img2img) and instruct-pix2pix
+the colour field.
+The PNG carries the prompt and every setting in its text chunks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tensorsafe.errors import UsageError
+
+SCHEDULER_NAMES = {"euler": "Euler", "ddim": "DDIM"}
+
+
+def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, steps: int = 20,
+           size: int | tuple[int, int] | None = None, seed: int = 0, guidance: float = 7.5, scheduler: str = "euler",
+           device: str = "cpu", dtype: str = "fp32", strength: float = 1.0, output: str | os.PathLike | None = None,
+           config: str | os.PathLike | None = None, model_type: str | None = None,
+           prediction_type: str | None = None, progress: Callable[[int, int], None] | None = None):
+    """Render ``prompt`` with the model at ``path`` and return a ``PIL.Image`` (written to ``output`` if given).
+
+    ``size`` is one side or ``(width, height)``, default the model's native size; ``config``,
+    ``model_type`` and ``prediction_type`` are passed to the converter for single files.
+    """
+    from tensorsafe.pipeline.pipeline import Pipeline
+
+    src = Path(path)
+    if not src.exists():
+        raise UsageError(f"{src} does not exist", path=src)
+    if steps < 1:
+        raise UsageError(f"steps must be at least 1, not {steps}")
+    if src.is_dir():
+        pipe = Pipeline.from_folder(src, device=device, dtype=dtype)
+    else:
+        pipe = _from_single_file(src, device, dtype, config, model_type, prediction_type)
+    width, height = _size(size, pipe.default_size())
+    inputs = generated_inputs(pipe.task, width, height)
+    result = pipe(prompt, negative_prompt, steps=steps, height=height, width=width, seed=seed, guidance=guidance,
+                  scheduler=scheduler, strength=strength, progress=progress, **inputs)
+    image = result.to_pil()
+    settings = {"prompt": prompt, "negative_prompt": negative_prompt, "steps": steps, "size": [width, height],
+                "seed": seed, "guidance": guidance, "scheduler": scheduler, "strength": strength, "device": device,
+                "dtype": dtype, "task": pipe.task, "model": src.name}
+    image.info.update(png_text(settings))
+    if output is not None:
+        save_png(image, output)
+    return image
+
+
+def _from_single_file(src: Path, device, dtype, config, model_type, prediction_type):
+    from tensorsafe.convert.run import convert
+    from tensorsafe.pipeline.pipeline import Pipeline
+
+    with tempfile.TemporaryDirectory(prefix="tensorsafe-render-") as tmp:
+        folder = Path(tmp) / "model"
+        convert(src, folder, config=str(config) if config else None, model_type=model_type,
+                prediction_type=prediction_type)
+        return Pipeline.from_folder(folder, device=device, dtype=dtype)  # fully loaded: the folder can go
+
+
+def _size(size, default: int) -> tuple[int, int]:
+    if size is None:
+        return default, default
+    if isinstance(size, int):
+        return size, size
+    try:
+        width, height = size
+        return int(width), int(height)
+    except (TypeError, ValueError):
+        raise UsageError(f"size must be an int or (width, height), not {size!r}") from None
+
+
+# ---- generated inputs ------------------------------------------------------------------------------------
+
+def generated_inputs(task: str, width: int, height: int) -> dict:
+    """The input pictures a model of this task needs, made up deterministically."""
+    if task == "inpaint":
+        return {"image": colour_field(width, height), "mask": ellipse_mask(width, height)}
+    if task == "depth":
+        return {"image": colour_field(width, height), "depth": radial_depth(width, height)}
+    if task in ("img2img", "pix2pix"):
+        return {"image": colour_field(width, height)}
+    return {}
+
+
+def _grid(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    return x / max(width - 1, 1), y / max(height - 1, 1)
+
+
+def colour_field(width: int, height: int):
+    """A smooth RGB gradient: red left to right, green top to bottom, blue in a soft disc."""
+    from PIL import Image
+
+    x, y = _grid(width, height)
+    disc = np.clip(1.0 - 2.0 * np.hypot(x - 0.5, y - 0.5), 0.0, 1.0)
+    rgb = np.stack([x, y, disc], axis=-1)
+    return Image.fromarray((rgb * 255).round().astype(np.uint8), "RGB")
+
+
+def ellipse_mask(width: int, height: int):
+    """White (repaint) inside a centred ellipse half the picture's size, black outside."""
+    from PIL import Image
+
+    x, y = _grid(width, height)
+    inside = ((x - 0.5) / 0.25) ** 2 + ((y - 0.5) / 0.25) ** 2 <= 1.0
+    return Image.fromarray(np.where(inside, 255, 0).astype(np.uint8), "L")
+
+
+def radial_depth(width: int, height: int) -> np.ndarray:
+    """A depth map (larger is nearer, as DPT's output) of a sphere in front of a far wall."""
+    x, y = _grid(width, height)
+    r2 = (x - 0.5) ** 2 + (y - 0.5) ** 2
+    return np.sqrt(np.clip(0.16 - r2, 0.0, None)).astype(np.float32) + 0.1
+
+
+# ---- PNG ------------------------------------------------------------------------------------------------
+
+def png_text(settings: dict) -> dict[str, str]:
+    """Text chunks: ``parameters`` in the A1111 form that image viewers read, ``tensorsafe`` as JSON."""
+    from tensorsafe import __version__
+
+    w, h = settings["size"]
+    line = (f"Steps: {settings['steps']}, Sampler: {SCHEDULER_NAMES.get(settings['scheduler'], settings['scheduler'])}"
+            f", CFG scale: {settings['guidance']}, Seed: {settings['seed']}, Size: {w}x{h}, "
+            f"Model: {settings['model']}, Dtype: {settings['dtype']}, Renderer: tensorsafe {__version__}")
+    negative = f"\nNegative prompt: {settings['negative_prompt']}" if settings["negative_prompt"] else ""
+    return {"parameters": f"{settings['prompt']}{negative}\n{line}",
+            "tensorsafe": json.dumps({**settings, "tensorsafe": __version__}, ensure_ascii=False)}
+
+
+def save_png(image, path: str | os.PathLike) -> Path:
+    """Write ``image`` as PNG with its string ``info`` entries as text chunks (written beside, then renamed)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    info = PngInfo()
+    for key, value in image.info.items():
+        if isinstance(value, str):
+            info.add_text(key, value)
+    tmp = path.with_name(f".{path.name}.tensorsafe-tmp")
+    try:
+        image.save(tmp, format="PNG", pnginfo=info)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
