@@ -289,11 +289,20 @@ def run_once(cmd: Command, rnd: int, env: dict[str, str]) -> None:
     print(f"    {cmd.label:<34} {wall:8.2f} s  {cmd.rss_mb[-1]:9.0f} MB  cpu {cmd.cpu[-1]:7.2f} s", flush=True)
 
 
-def commands(model: Model, src: Path, folder: Path, diffusers_reps: int, reps: int) -> list[Command]:
+def commands(model: Model, src: Path, folder: Path, diffusers_reps: int, reps: int,
+             baseline: Path | None = None) -> list[Command]:
     py = sys.executable
     cli = Path(py).with_name("tensorsafe")
     ts = [str(cli)] if cli.exists() else [py, "-m", "tensorsafe"]
     copy, out, back, dfo = WORK / "copy.safetensors", WORK / "out", WORK / "back.safetensors", WORK / "diffusers_out"
+    extra = []
+    if baseline is not None:  # another checkout of the package (e.g. before a change), same commands
+        old = [py, "-c", f"import runpy, sys; sys.path.insert(0, {str(baseline)!r}); "
+                         "runpy.run_module('tensorsafe', run_name='__main__', alter_sys=True)"]
+        extra = [Command("baseline tree file->folder", [*old, "convert", str(src), str(out), "--overwrite", "-q"],
+                         [src], [out], reps, kind="baseline"),
+                 Command("baseline tree folder->file", [*old, "convert", str(folder), str(back), "--overwrite", "-q"],
+                         [folder], [back], reps, kind="baseline-reverse")]
     cmds = [
         Command("cp (plain copy)", ["cp", str(src), str(copy)], [src], [copy], reps, kind="copy"),
         Command("cp + sync (durable copy)", ["sh", "-c", 'cp "$1" "$2" && sync "$2"', "sh", str(src), str(copy)],
@@ -302,6 +311,7 @@ def commands(model: Model, src: Path, folder: Path, diffusers_reps: int, reps: i
                 [src], [out], reps, kind="ours"),
         Command("tensorsafe convert folder->file", [*ts, "convert", str(folder), str(back), "--overwrite", "-q"],
                 [folder], [back], reps, kind="reverse"),
+        *extra,
     ]
     for accel in ("on", "off"):
         cmds.append(Command(f"diffusers, accelerate {accel}",
@@ -309,6 +319,52 @@ def commands(model: Model, src: Path, folder: Path, diffusers_reps: int, reps: i
                             [src, folder], [dfo], diffusers_reps,
                             expect=f"ACCELERATE {accel == 'on'} {accel == 'on'}", kind="diffusers"))
     return cmds
+
+
+BREAKDOWN_CHILD = r"""
+import os, resource, sys, time
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime
+t0, c0 = time.perf_counter(), cpu()
+from tensorsafe.convert import chunks, execute, run, writer
+phases = {"imports": [time.perf_counter() - t0, *(b - a for a, b in zip(c0, cpu()))]}
+def timed(name, fn):
+    def wrap(*a, **k):
+        w, c = time.perf_counter(), cpu()
+        try:
+            return fn(*a, **k)
+        finally:
+            p = phases.setdefault(name, [0.0, 0.0, 0.0])
+            p[0] += time.perf_counter() - w
+            for i, (x, y) in enumerate(zip(c, cpu())):
+                p[1 + i] += y - x
+    return wrap
+os.fsync = timed("fsync", os.fsync)
+writer.verify_written = execute.verify_written = timed("verify (re-read + CRC)", writer.verify_written)
+writer.write_safetensors = execute.write_safetensors = timed("write", writer.write_safetensors)
+if sys.argv[3] == "keep-mapped":
+    chunks._release = lambda *a: None
+run.convert(sys.argv[1], sys.argv[2], overwrite=True)
+total = [time.perf_counter() - t0, *cpu()]
+phases["write"] = [a - b for a, b in zip(phases["write"], phases["fsync"])]
+phases["scan, plan, configs, rename"] = [t - sum(p[i] for p in phases.values()) for i, t in enumerate(total)]
+phases["total"] = total
+for name, (w, u, s) in phases.items():
+    print(f"{name:<30} {w:7.2f} {u:7.2f} {s:7.2f}")
+"""
+
+
+def breakdown(src: Path, folder: Path, env: dict[str, str], variant: str = "default") -> None:
+    """Where our time goes, per phase (one in-process run each way, wall / user / system seconds)."""
+    for label, a, out in (("file->folder", src, WORK / "out"), ("folder->file", folder, WORK / "back.safetensors")):
+        clean([out])
+        warm([a])
+        proc = subprocess.run([sys.executable, "-c", BREAKDOWN_CHILD, str(a), str(out), variant],
+                              capture_output=True, text=True, env=env)
+        clean([out])
+        print(f"  breakdown, tensorsafe convert {label} ({variant}):  {'wall':>7} {'user':>7} {'system':>7}")
+        print("\n".join("    " + line for line in (proc.stdout + proc.stderr[-2000:]).strip().splitlines()))
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -329,12 +385,14 @@ def report(tag: str, nbytes: int, cmds: list[Command]) -> list[tuple[str, bool]]
             print(f"  {c.label:<34} failed: {c.failed}")
             continue
         w = med(c.walls)
-        vs = f"{w / med(ours.walls):7.1f}" if c.kind == "diffusers" else ""
+        mine = by["reverse"] if c.kind == "baseline-reverse" else ours
+        vs = f"{w / med(mine.walls):7.1f}" if c.kind in ("diffusers", "baseline", "baseline-reverse") else ""
         print(f"  {c.label:<34} {len(c.walls):>4} {w:7.2f} {min(c.walls):7.2f} {med(c.cpu):7.2f} "
               f"{nbytes / w / 1e9:5.2f} {max(c.rss_mb):11.0f} {w / med(cp.walls):6.2f} {w / med(sync.walls):9.2f} "
               f"{c.per_round(cp):8.2f} {vs:>7}" + (f"  (then failed: {c.failed})" if c.failed else ""))
     print("  wall, cpu: medians; peak RSS: the largest of the runs; x cp, x cp+sync: median over median; x cp/rnd: "
-          "median of the per-round ratios to cp; x ours: diffusers' median over our file->folder median")
+          "median of the per-round ratios to cp; x ours: diffusers' (baseline's) median over our file->folder "
+          "(same direction) median")
     checks = []
     for c in (ours, by["reverse"]):
         if not c.walls:
@@ -364,6 +422,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--diffusers-reps", type=int, default=None,
                     help="timed runs of each diffusers command (default: --reps; 2 for SDXL, which is slow)")
     ap.add_argument("--no-diffusers", action="store_true", help="only the copies and tensorsafe (before/after checks)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time our phases in-process (imports, write, fsync, verify), after the table")
+    ap.add_argument("--breakdown-only", action="store_true", help="only the phase breakdown (no timed table)")
+    ap.add_argument("--baseline-tree", type=Path, default=None,
+                    help="a folder holding another copy of the tensorsafe package (e.g. before a change): its "
+                         "convert runs too, interleaved, for a before/after in one run")
     args = ap.parse_args(argv)
     args.models = args.models or ("sd15" if args.quick else "sd15,sdxl")
     args.reps = args.reps or (1 if args.quick else 3)
@@ -395,7 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         src = ensure_single_file(model, f"quick_{name}" if args.quick else name)
         folder = ensure_folder(src)
         dreps = args.diffusers_reps or (min(args.reps, 2) if name == "sdxl" and not args.quick else args.reps)
-        cmds = commands(model, src, folder, dreps, args.reps)
+        if args.breakdown_only:
+            breakdown(src, folder, env)
+            continue
+        cmds = commands(model, src, folder, dreps, args.reps, args.baseline_tree)
         if args.no_diffusers:
             cmds = [c for c in cmds if c.kind != "diffusers"]
         print(f"== {tag}: {src.name} ({size_of(src) / 1e9:.2f} GB), reverse from {folder.name}/ "
@@ -409,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
             for c in todo[shift:] + todo[:shift]:
                 run_once(c, r, env)
         checks += report(tag, size_of(src), cmds)
+        if args.breakdown:
+            breakdown(src, folder, env)
     print("\nTargets:" + (" (--quick: tiny files, where start-up dominates; the targets are about the real sizes)"
                           if args.quick else ""))
     for text, ok in checks:
