@@ -327,8 +327,21 @@ def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime, r.ru_stime
 t0, c0 = time.perf_counter(), cpu()
-from tensorsafe.convert import chunks, execute, run, writer
+from tensorsafe.convert import chunks, execute, run, verify, writer
 phases = {"imports": [time.perf_counter() - t0, *(b - a for a, b in zip(c0, cpu()))]}
+overlapped = {}
+def on_thread(name, fn):  # runs on the checker's thread, beside the write: its own clock and CPU
+    def wrap(*a, **k):
+        w, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_THREAD)
+        try:
+            return fn(*a, **k)
+        finally:
+            r1 = resource.getrusage(resource.RUSAGE_THREAD)
+            p = overlapped.setdefault(name, [0.0, 0.0, 0.0])
+            p[0] += time.perf_counter() - w
+            p[1] += r1.ru_utime - r0.ru_utime
+            p[2] += r1.ru_stime - r0.ru_stime
+    return wrap
 def timed(name, fn):
     def wrap(*a, **k):
         w, c = time.perf_counter(), cpu()
@@ -341,17 +354,23 @@ def timed(name, fn):
                 p[1 + i] += y - x
     return wrap
 os.fsync = timed("fsync", os.fsync)
-writer.verify_written = execute.verify_written = timed("verify (re-read + CRC)", writer.verify_written)
-writer.write_safetensors = execute.write_safetensors = timed("write", writer.write_safetensors)
+verify.check_header = timed("verify header", verify.check_header)
+verify.check_tensor = on_thread("verify tensors (2nd thread)", verify.check_tensor)
+writer.write_safetensors = execute.write_safetensors = timed("write + verify", writer.write_safetensors)
 if sys.argv[3] == "keep-mapped":
     chunks._release = lambda *a: None
+if sys.argv[3] == "no-kernel-copy":  # the user-space path: as where copy_file_range is refused
+    del os.copy_file_range
 run.convert(sys.argv[1], sys.argv[2], overwrite=True)
 total = [time.perf_counter() - t0, *cpu()]
-phases["write"] = [a - b for a, b in zip(phases["write"], phases["fsync"])]
+phases["write + verify"] = [a - b - c for a, b, c in zip(phases["write + verify"], phases["fsync"],
+                                                          phases.get("verify header", [0.0] * 3))]
 phases["scan, plan, configs, rename"] = [t - sum(p[i] for p in phases.values()) for i, t in enumerate(total)]
 phases["total"] = total
 for name, (w, u, s) in phases.items():
     print(f"{name:<30} {w:7.2f} {u:7.2f} {s:7.2f}")
+for name, (w, u, s) in overlapped.items():
+    print(f"  within write: {name:<30} {w:7.2f} {u:7.2f} {s:7.2f}")
 """
 
 
@@ -425,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--breakdown", action="store_true",
                     help="also time our phases in-process (imports, write, fsync, verify), after the table")
     ap.add_argument("--breakdown-only", action="store_true", help="only the phase breakdown (no timed table)")
+    ap.add_argument("--breakdown-variant", default="default", choices=["default", "no-kernel-copy", "keep-mapped"],
+                    help="no-kernel-copy: without copy_file_range (the user-space path); keep-mapped: source pages "
+                         "not released")
     ap.add_argument("--baseline-tree", type=Path, default=None,
                     help="a folder holding another copy of the tensorsafe package (e.g. before a change): its "
                          "convert runs too, interleaved, for a before/after in one run")
@@ -460,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = ensure_folder(src)
         dreps = args.diffusers_reps or (min(args.reps, 2) if name == "sdxl" and not args.quick else args.reps)
         if args.breakdown_only:
-            breakdown(src, folder, env)
+            breakdown(src, folder, env, args.breakdown_variant)
             continue
         cmds = commands(model, src, folder, dreps, args.reps, args.baseline_tree)
         if args.no_diffusers:
@@ -477,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_once(c, r, env)
         checks += report(tag, size_of(src), cmds)
         if args.breakdown:
-            breakdown(src, folder, env)
+            breakdown(src, folder, env, args.breakdown_variant)
     print("\nTargets:" + (" (--quick: tiny files, where start-up dominates; the targets are about the real sizes)"
                           if args.quick else ""))
     for text, ok in checks:

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from tensorsafe.convert.chunks import FLOAT_DTYPES, cast_chunks, row_chunks, transpose_chunks
+from tensorsafe.convert.kernel_io import FileRange
 from tensorsafe.convert.plan import Op, Plan, Target
 from tensorsafe.convert.sources import Located
-from tensorsafe.convert.writer import OutTensor, Written, verify_written, write_safetensors
+from tensorsafe.convert.writer import OutTensor, write_safetensors
 from tensorsafe.errors import ParseError
 from tensorsafe.tensors import DType
 
@@ -30,7 +31,20 @@ def out_tensor(target: Target, sources: dict[str, Located], cast: DType | None =
     produce = _producer(target, srcs)
     if out_dtype != dtype:
         return OutTensor(target.key, out_dtype, target.shape, lambda: cast_chunks(produce(), dtype, out_dtype))
-    return OutTensor(target.key, dtype, target.shape, produce)
+    return OutTensor(target.key, dtype, target.shape, produce, _file_ranges(target, srcs))
+
+
+def _file_ranges(t: Target, srcs: list[Located]) -> tuple[FileRange, ...] | None:
+    """The target's bytes as ranges of the source files, when it is a plain byte copy of contiguous
+    sources (copy, reshape, row slice, row concatenation); None when they must be transformed."""
+    if t.op is Op.TRANSPOSE or any(s.fd is None or not s.ref.is_contiguous for s in srcs):
+        return None
+    if t.op is Op.ROWS:
+        ref = srcs[0].ref
+        a, b = t.rows
+        row_bytes = ref.nbytes // ref.shape[0]
+        return (FileRange(srcs[0].fd, ref.byte_offset + a * row_bytes, (b - a) * row_bytes, srcs[0].buf),)
+    return tuple(FileRange(s.fd, s.ref.byte_offset, s.ref.nbytes, s.buf) for s in srcs)
 
 
 def _check_shape(t: Target, srcs: list[Located]) -> None:
@@ -87,9 +101,7 @@ def write_weights(folder: Path, stem: str, tensors: list[OutTensor], *, max_shar
         [f"{stem}-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
     weight_map: dict[str, str] = {}
     for name, group in zip(names, groups):
-        written: list[Written] = write_safetensors(folder / name, group, metadata, progress)
-        if verify:
-            verify_written(folder / name, written)
+        write_safetensors(folder / name, group, metadata, progress, verify=verify)  # checked as it is written
         weight_map.update({t.name: name for t in group})
     if len(groups) > 1:
         index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)},

@@ -25,6 +25,8 @@ class Located:
     ref: TensorRef
     buf: object
     path: str
+    fd: int | None = None
+    """An open descriptor of the file ``buf`` maps (offsets are file offsets): for in-kernel copies."""
 
 
 @dataclass
@@ -69,7 +71,8 @@ def open_file(path: str | os.PathLike, policy: Policy | None = None) -> Source:
     except BaseException:
         mf.close()
         raise
-    source.tensors = {k: Located(r, mf.span.buf, path) for k, r in refs.items()}
+    fd = mf._fh.fileno() if mf.span.size else None  # the mapped file itself, not the path opened again
+    source.tensors = {k: Located(r, mf.span.buf, path, fd) for k, r in refs.items()}
     source.extras = extras
     source._files.append(mf)
     return source

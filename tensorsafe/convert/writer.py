@@ -4,17 +4,25 @@ Written by hand for memory: ``safetensors.save_file`` needs every tensor in memo
 writer takes producers of byte pieces, so peak memory is one piece whatever the model size.
 It lays tensors out like the reference writer (widest dtype first, then by name, header padded
 with spaces to a multiple of 8) so every tensor is aligned.
+
+A tensor that is plain byte ranges of a source file is copied by the kernel (``copy_file_range``,
+see :mod:`tensorsafe.convert.kernel_io`); the others are written a piece at a time. Either way
+:func:`verify_written` then checks the file as written: its header parses and places every tensor
+where it was written, each copied tensor's bytes equal the source's, and each written tensor's
+bytes have the CRC-32 of what was sent.
 """
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+from tensorsafe.convert.kernel_io import FileRange, KernelCopy, Writeback, pwrite_all
 from tensorsafe.errors import ParseError
 from tensorsafe.tensors import DType
 
@@ -27,6 +35,8 @@ class OutTensor:
     dtype: DType
     shape: tuple[int, ...]
     pieces: Pieces
+    ranges: tuple[FileRange, ...] | None = None
+    """Set when the bytes are exactly these source file ranges, back to back: the kernel can copy them."""
 
     @property
     def nbytes(self) -> int:
@@ -38,7 +48,10 @@ class Written:
     name: str
     begin: int   # absolute file offset
     nbytes: int
-    digest: bytes  # CRC-32 of the bytes sent: a check of our own write path, not against tampering
+    digest: bytes | None  # CRC-32 of the bytes sent (None when the kernel copied them from ``ranges``)
+    ranges: tuple[FileRange, ...] | None = None
+    dtype: str | None = None
+    shape: tuple[int, ...] | None = None
 
 
 def layout(tensors: Iterable[OutTensor]) -> list[OutTensor]:
@@ -59,54 +72,75 @@ def header_bytes(ordered: list[OutTensor], metadata: dict[str, str] | None) -> b
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Iterable[OutTensor], metadata: dict[str, str] | None = None,
-                      progress: Callable[[int], None] | None = None) -> list[Written]:
-    """Write ``tensors`` to ``path`` (which must not exist); returns where each landed and a digest."""
+                      progress: Callable[[int], None] | None = None, *, kernel_copy: bool = True,
+                      verify: bool = False) -> list[Written]:
+    """Write ``tensors`` to ``path`` (which must not exist) and fsync it; returns where each landed.
+
+    With ``verify``, the checks of :func:`verify_written` run as the file is written: each tensor is
+    compared on a second thread while the next one is copied, the header once all is written."""
+    from tensorsafe.convert.verify import Checker
+
     ordered = layout(tensors)
     head = header_bytes(ordered, metadata)
     written: list[Written] = []
-    # CRC-32 (zlib, about 4x faster than blake2b): enough to catch a wrong or short write. It runs on a
-    # second thread while the same piece is written (both release the GIL), so it costs little wall time.
-    with open(path, "xb") as fh, ThreadPoolExecutor(1) as pool:
-        fh.write(head)
-        pos = len(head)
-        for t in ordered:
-            crc = 0
-            n = 0
-            for piece in t.pieces():
-                job = pool.submit(zlib.crc32, piece, crc)
-                fh.write(piece)
-                crc = job.result()
-                n += len(piece)
-                if progress is not None:
-                    progress(len(piece))
-            if n != t.nbytes:
-                raise ParseError(f"tensor {t.name!r} produced {n:,} bytes, expected {t.nbytes:,}", path=path)
-            written.append(Written(t.name, pos, n, crc.to_bytes(4, "little")))
-            pos += n
-        fh.flush()
-        os.fsync(fh.fileno())
+    size = len(head) + sum(t.nbytes for t in ordered)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        kernel, writeback = KernelCopy(kernel_copy), Writeback(fd)
+        pos = pwrite_all(fd, head, 0)
+        os.ftruncate(fd, size)  # the final size first, so the checker can map the whole file from the start
+        with ThreadPoolExecutor(1) as pool, Checker(fd, size, path, enabled=verify) as checker:
+            for t in ordered:
+                if t.ranges is not None and kernel.copy(fd, t.ranges, pos, writeback.wrote):
+                    digest = None
+                    if progress is not None and t.nbytes:
+                        progress(t.nbytes)
+                else:
+                    digest = _write_pieces(fd, t, pos, pool, writeback, progress, path)
+                written.append(Written(t.name, pos, t.nbytes, digest, t.ranges if digest is None else None,
+                                       t.dtype.name, t.shape))
+                checker.submit(written[-1])
+                pos += t.nbytes
+            os.fsync(fd)
+            checker.finish(written)
+    finally:
+        os.close(fd)
     return written
 
 
+def _write_pieces(fd: int, t: OutTensor, pos: int, pool: ThreadPoolExecutor, writeback: Writeback,
+                  progress: Callable[[int], None] | None, path) -> bytes:
+    """Write a tensor's pieces at ``pos``; returns the CRC-32 of what was sent."""
+    # CRC-32 (zlib, about 4x faster than blake2b): enough to catch a wrong or short write. It runs on a
+    # second thread while the same piece is written (both release the GIL), so it costs little wall time.
+    crc = 0
+    n = 0
+    for piece in t.pieces():
+        job = pool.submit(zlib.crc32, piece, crc)
+        pwrite_all(fd, piece, pos + n)
+        crc = job.result()
+        n += len(piece)
+        writeback.wrote(pos + n)
+        if progress is not None:
+            progress(len(piece))
+    if n != t.nbytes:
+        raise ParseError(f"tensor {t.name!r} produced {n:,} bytes, expected {t.nbytes:,}", path=path)
+    return crc.to_bytes(4, "little")
+
+
 def verify_written(path: str | os.PathLike, written: list[Written], chunk: int = 16 << 20) -> None:
-    """Re-read every tensor of a written file and compare it with the digest of what was sent."""
-    # Two reused buffers: one is read into while a second thread takes the CRC of the other.
-    bufs = [memoryview(bytearray(chunk)), memoryview(bytearray(chunk))]
-    with open(path, "rb", buffering=0) as fh, ThreadPoolExecutor(1) as pool:
-        for w in written:
-            fh.seek(w.begin)
-            crc, job, i = 0, None, 0
-            left = w.nbytes
-            while left:
-                got = fh.readinto(bufs[i][:min(chunk, left)])
-                if not got:
-                    break
-                if job is not None:
-                    crc = job.result()
-                job = pool.submit(zlib.crc32, bufs[i][:got], crc)
-                i ^= 1
-                left -= got
-            if job is not None:
-                crc = job.result()
-            if left or crc.to_bytes(4, "little") != w.digest:
-                raise ParseError(f"verification failed for tensor {w.name!r}: the bytes on disk differ", path=path)
+    """Check the file as written: its header parses and places each tensor where it was written (with
+    its dtype and shape), the file ends where the last tensor does, each kernel-copied tensor's bytes
+    equal its source ranges, and each written tensor's bytes have the CRC-32 of what was sent."""
+    from tensorsafe.convert.verify import check_header, check_tensor
+
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        check_header(fh, size, written, path)
+        out = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        try:
+            for w in written:
+                check_tensor(out, w, path, chunk)
+        finally:
+            if size:
+                out.close()
