@@ -13,6 +13,14 @@ from tensorsafe.errors import UsageError
 RENDER_EXTRA = ("torch", "PIL", "tokenizers")  # import names of the render extra's packages
 
 
+def require_render_extra() -> None:
+    """Fail before any work when torch, pillow or tokenizers is missing."""
+    missing = [name for name in RENDER_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"rendering needs the render extra ({', '.join(missing)} not installed): "
+                         "pip install 'tensorsafe[render]'")
+
+
 def _size(value: str | None) -> int | tuple[int, int] | None:
     if value is None:
         return None
@@ -82,10 +90,7 @@ def render_command(path: Path, prompt: str, negative_prompt: str, steps: int, si
       tensorsafe render sdxl.safetensors -p "a lighthouse at dusk" --steps 30 --size 1024 \\
           --device cuda --dtype fp16 -o lighthouse.png
     """
-    missing = [name for name in RENDER_EXTRA if importlib.util.find_spec(name) is None]
-    if missing:
-        raise UsageError(f"rendering needs the render extra ({', '.join(missing)} not installed): "
-                         "pip install 'tensorsafe[render]'")
+    require_render_extra()
     from tensorsafe.pipeline import render
 
     image = render(path, prompt, negative_prompt, steps=steps, size=_size(size), seed=seed, guidance=guidance,

@@ -76,3 +76,7 @@ class UnsupportedModelError(TensorsafeError):
 
 class OutputError(TensorsafeError):
     """The output could not be written (full disk, permissions); nothing was left half-written."""
+
+
+class RenderError(TensorsafeError):
+    """The reference pipeline ran but the picture is not usable (NaN or infinite values)."""

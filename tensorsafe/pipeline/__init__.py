@@ -15,6 +15,6 @@ This package is the only place that imports torch; importing it (and ``render``)
 """
 from __future__ import annotations
 
-from tensorsafe.pipeline.render import render, save_png
+from tensorsafe.pipeline.render import check_render, render, save_png
 
-__all__ = ["render", "save_png"]
+__all__ = ["check_render", "render", "save_png"]

@@ -17,9 +17,11 @@ from typing import Callable
 
 import numpy as np
 
-from tensorsafe.errors import UsageError
+from tensorsafe.errors import RenderError, UsageError
 
 SCHEDULER_NAMES = {"euler": "Euler", "ddim": "DDIM"}
+CHECK_PROMPT = "a photo of an astronaut riding a horse on the moon"
+CHECK_STEPS = 4
 
 
 def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, steps: int = 20,
@@ -47,6 +49,7 @@ def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, s
     inputs = generated_inputs(pipe.task, width, height)
     result = pipe(prompt, negative_prompt, steps=steps, height=height, width=width, seed=seed, guidance=guidance,
                   scheduler=scheduler, strength=strength, progress=progress, **inputs)
+    _require_finite(result, src, dtype)
     image = result.to_pil()
     settings = {"prompt": prompt, "negative_prompt": negative_prompt, "steps": steps, "size": [width, height],
                 "seed": seed, "guidance": guidance, "scheduler": scheduler, "strength": strength, "device": device,
@@ -55,6 +58,48 @@ def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, s
     if output is not None:
         save_png(image, output)
     return image
+
+
+def check_render(path: str | os.PathLike, *, output: str | os.PathLike | None = None, prompt: str = CHECK_PROMPT,
+                 steps: int = CHECK_STEPS, size: int | tuple[int, int] | None = None, seed: int = 0,
+                 device: str = "cpu", dtype: str = "fp32") -> Path:
+    """Render a small picture from a converted model to confirm it works; returns the PNG's path.
+
+    The default size is a quarter of the model's native side (128 for SD1, 192 for 768-v SD2, 256
+    for SDXL): enough for every block of the UNet and the VAE to run, cheap enough on a CPU. The PNG
+    goes beside the model as ``<name>.check.png`` unless ``output`` says otherwise. Raises
+    :class:`RenderError` when the picture holds NaN or infinite values.
+    """
+    src = Path(path)
+    if output is None:
+        stem = src.name[: -len(".safetensors")] if src.name.endswith(".safetensors") else src.name
+        output = src.with_name(f"{stem}.check.png")
+    if size is None:
+        size = _check_size(src)
+    render(src, prompt, steps=steps, size=size, seed=seed, device=device, dtype=dtype, output=output)
+    return Path(output)
+
+
+def _check_size(src: Path) -> int:
+    sample = None
+    config = src / "unet" / "config.json"
+    if config.is_file():
+        try:
+            sample = json.loads(config.read_text(encoding="utf-8")).get("sample_size")
+        except (OSError, ValueError):
+            sample = None
+    side = (sample if isinstance(sample, int) and sample > 0 else 64) * 8 // 4
+    return max(64, side // 64 * 64)
+
+
+def _require_finite(result, src: Path, dtype: str) -> None:
+    import torch
+
+    for name, tensor in (("latents", result.latents), ("image", result.image)):
+        if not bool(torch.isfinite(tensor).all()):
+            hint = "; try --dtype fp32" if dtype != "fp32" else ""
+            raise RenderError(f"the rendered {name} hold NaN or infinite values: the weights do not work{hint}",
+                              path=src)
 
 
 def _from_single_file(src: Path, device, dtype, config, model_type, prediction_type):
