@@ -4,26 +4,76 @@ tests/test_docs.py fails when a committed page differs from what this script wri
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
 from tensorsafe.cli import main as cli_main
 from tensorsafe.pickles.policy import ALLOWED, BENIGN, DANGEROUS_MODULES, DANGEROUS_NAMES
-from tensorsafe.rules import RULES
+from tensorsafe.rules import RULES, Rule
 
 DOCS = Path(__file__).parent
 
+RULE_GROUPS = {
+    "PK-I": "Pickle imports",
+    "PK-C": "What a pickle does with its imports",
+    "PK-S": "Pickle structure",
+    "PK-L": "Pickle limits",
+    "ZIP-": "Zip containers",
+    "ARC-": "Other archives and compression",
+    "NPY-": "numpy files",
+    "TORCH-": "Legacy torch files",
+    "JOBLIB-": "joblib files",
+    "IO-": "Reading files",
+    "HUB-": "Hugging Face Hub",
+    "ST-F": "safetensors format errors (the reference reader refuses the file)",
+    "ST-P": "safetensors policy findings (the reference accepts the file; our limits do not)",
+    "ST-A": "safetensors advisories",
+    "ST-E": "safetensors check failures",
+    "ST-D": "safetensors deep check (--deep)",
+}
+"""Section of the rules page for each rule-id prefix (the id without its number)."""
+
+OUTCOME_TEXT = {"fail": "fails the check (exit code 1)", "error": "the file could not be judged (exit code 2)",
+                "warn": "reported, does not fail the check", "info": "advisory, does not fail the check"}
+
+
+def rule_prefix(rule_id: str) -> str:
+    return re.sub(r"\d+$", "", rule_id)
+
+
+def rule_anchor(rule_id: str) -> str:
+    return rule_id.lower()
+
+
+def _rule_section(r: Rule) -> list[str]:
+    return [f"### {r.id} {r.name} {{#{rule_anchor(r.id)}}}", "",
+            f"**{r.outcome.value}**: {OUTCOME_TEXT[r.outcome.value]}; severity **{r.severity.value}**.", "",
+            f"**What it means.** {r.summary}", "",
+            f"**What to do.** {r.help}", ""]
+
 
 def rules_page() -> str:
-    lines = ["# Rules", "", "Every finding names one of these rules. Outcome `fail` gives exit code 1, `error` exit",
-             "code 2 (the file could not be read or fully parsed: never clean), `warn` and `info` do not fail.",
+    lines = ["# Rules", "",
+             "Every finding names one of these rules by a stable id. Outcome `fail` gives exit code 1, `error`",
+             "exit code 2 (the file could not be read or fully parsed: never clean), `warn` and `info` do not",
+             "fail. Text, JSON and SARIF output carry the id; the SARIF rule's help is the text below.",
              "This page is generated from `tensorsafe/rules.py` by `docs/generate.py`.", "",
-             "| id | name | outcome | severity | what it means | what to do |", "| --- | --- | --- | --- | --- | --- |"]
+             "| id | name | outcome | severity |", "| --- | --- | --- | --- |"]
+    lines += [f"| [{r.id}](#{rule_anchor(r.id)}) | {r.name} | {r.outcome.value} | {r.severity.value} |"
+              for r in RULES.values()]
+    lines.append("")
+    groups: dict[str, list[Rule]] = {}
     for r in RULES.values():
-        lines.append(f"| {r.id} | {r.name} | {r.outcome.value} | {r.severity.value} | {r.summary} | {r.help} |")
-    return "\n".join(lines) + "\n"
+        groups.setdefault(rule_prefix(r.id), []).append(r)
+    for prefix, rules in groups.items():
+        lines += [f"## {RULE_GROUPS.get(prefix, prefix.rstrip('-') + ' rules')}", ""]
+        for r in rules:
+            lines += _rule_section(r)
+    return "\n".join(lines)
 
 
 def allowlist_page() -> str:
@@ -42,10 +92,28 @@ def allowlist_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+def cli_commands(group: click.Group = cli_main, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    """Every command path under ``group`` (the group itself first), subgroups included, sorted."""
+    found: list[tuple[tuple[str, ...], click.Command]] = [(prefix, group)]
+    for name in sorted(group.commands):
+        command = group.commands[name]
+        if command.hidden:
+            continue
+        if isinstance(command, click.Group):
+            found += cli_commands(command, (*prefix, name))
+        else:
+            found.append(((*prefix, name), command))
+    return found
+
+
 def cli_page() -> str:
     runner = CliRunner()
-    lines = ["# Command line", "", "Generated from the click help by `docs/generate.py`.", ""]
-    for args in ([], *[[name] for name in sorted(cli_main.commands)]):
+    lines = ["# Command line", "",
+             "Exit codes, for every command: 0 clean, 1 a finding fails the policy, 2 a file could not be",
+             "read or parsed, or bad usage. Rule ids in the output are explained in [Rules](rules.md).", "",
+             "This page is generated from the click help by `docs/generate.py`, so it matches",
+             "`tensorsafe COMMAND --help` exactly.", ""]
+    for args, _command in cli_commands():
         out = runner.invoke(cli_main, [*args, "--help"], prog_name="tensorsafe", terminal_width=100).output
         title = " ".join(["tensorsafe", *args])
         lines += [f"## `{title}`", "", "```text", out.rstrip(), "```", ""]

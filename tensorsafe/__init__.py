@@ -7,6 +7,8 @@ Library API (the CLI is a thin layer over it)::
     if not report.clean:
         ...
     report = tensorsafe.validate("model.safetensors")   # the safetensors header rules (ST-*)
+    result = tensorsafe.convert("model.ckpt", "model-diffusers")   # ConversionResult
+    image = tensorsafe.render("model-diffusers", "a photo of a cat")  # PIL image (render extra)
 """
 from __future__ import annotations
 
@@ -19,12 +21,15 @@ from tensorsafe.errors import (  # noqa: E402
 from tensorsafe.limits import ScanLimits  # noqa: E402
 from tensorsafe.report import Finding, FileResult, Location, Report  # noqa: E402
 from tensorsafe.scanner import scan, scan_file  # noqa: E402
+from tensorsafe.batch import scan_many, validate_many  # noqa: E402
 from tensorsafe.header import HeaderLimits, validate, validate_file  # noqa: E402
 from tensorsafe.load import load_state_dict  # noqa: E402
+import tensorsafe.convert  # noqa: E402  (callable: tensorsafe.convert(src, dst, ...))
+from tensorsafe.pipeline import check_render, render  # noqa: E402  (torch is imported on first use)
 
 __all__ = [
-    "__version__", "scan", "scan_file", "load_state_dict", "Report", "FileResult", "Finding", "Location", "ScanLimits",
-    "validate", "validate_file", "HeaderLimits",
+    "__version__", "scan", "scan_file", "load_state_dict", "convert", "render", "check_render", "Report", "FileResult", "Finding", "Location", "ScanLimits",
+    "validate", "validate_file", "HeaderLimits", "scan_many", "validate_many",
     "TensorsafeError", "UnreadableFileError", "ParseError", "PickleParseError", "LimitExceeded",
     "PolicyFileError", "UsageError", "UnsafeFileError",
 ]

@@ -13,6 +13,8 @@ from tensorsafe.formats import to_json, to_sarif, to_text
 from tensorsafe.limits import MAX_ARCHIVE_DEPTH, MAX_SCAN_SECONDS, ScanLimits
 from tensorsafe.containers.decompress import MAX_DECOMPRESSED_BYTES
 from tensorsafe.report import EXIT_UNREADABLE, Report
+from tensorsafe.cli_hub import PathOrHub
+from tensorsafe.remote import DEFAULT_MAX_REMOTE_BYTES
 
 
 class _Group(click.Group):
@@ -68,9 +70,16 @@ def _format_option(f):
     return f
 
 
+def _jobs_option(f):
+    return click.option("-j", "--jobs", type=click.IntRange(0), default=1, show_default=True,
+                        help="Files to process at once, in separate processes (0: one per CPU). "
+                             "The report is the same, in the same order.")(f)
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_format_option
+@_jobs_option
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TOML policy file that extends the allowlist (replaces pyproject.toml's [tool.tensorsafe]).")
 @click.option("--explain", is_flag=True, help="Print fickling's decompiled view of every failing pickle.")
@@ -81,8 +90,15 @@ def _format_option(f):
               help="Most bytes one compressed stream may decompress to.")
 @click.option("--timeout", type=click.FloatRange(min=0.001), default=MAX_SCAN_SECONDS, show_default=True,
               help="Seconds allowed per file.")
+@click.option("--deep", is_flag=True, help="hf:// paths: download each file (huggingface_hub's cache) and scan it "
+              "whole, instead of reading only the bytes the scan needs by range requests.")
+@click.option("--hub-verdicts", is_flag=True, help="hf:// paths: show the Hub's own security scan of each file "
+              "beside ours; a disagreement is a HUB-01 warning.")
+@click.option("--max-remote-bytes", type=click.IntRange(1), default=DEFAULT_MAX_REMOTE_BYTES, show_default=True,
+              help="hf:// paths: most bytes fetched to judge one file (past it: an IO-03 error; use --deep).")
 def scan(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file: Path | None, explain: bool,
-         verbose: bool, max_depth: int, max_decompressed: int, timeout: float) -> None:
+         verbose: bool, max_depth: int, max_decompressed: int, timeout: float, jobs: int, deep: bool,
+         hub_verdicts: bool, max_remote_bytes: int) -> None:
     """Scan files and folders for pickles that can run code.
 
     Every file is judged by its bytes, not its name: PyTorch zip and legacy checkpoints, raw and
@@ -93,13 +109,26 @@ def scan(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file: Pa
       tensorsafe scan model.ckpt
       tensorsafe scan ./my-model-repo --sarif -o tensorsafe.sarif
       tensorsafe scan suspicious.bin --explain
+      tensorsafe scan hf://runwayml/stable-diffusion-v1-5/v1-5-pruned.ckpt --hub-verdicts
     """
+    from tensorsafe.hub_scan import split_paths
     from tensorsafe.policy_file import load_policy_file
     from tensorsafe.scanner import scan as scan_paths
 
     policy = load_policy_file(policy_file).policy() if policy_file else None
     limits = ScanLimits(max_depth=max_depth, max_decompressed_bytes=max_decompressed, timeout_seconds=timeout)
-    report = scan_paths(paths, policy, limits, explain=explain)
+    paths, urls = split_paths(paths)
+    if jobs == 1:
+        report = scan_paths(paths, policy, limits, explain=explain)
+    else:
+        from tensorsafe.batch import collect, scan_many
+
+        report = collect(scan_many(paths, policy, limits, explain=explain, jobs=jobs, ordered=True))
+    if urls:
+        from tensorsafe.cli_hub import scan_remote
+
+        report.extend(scan_remote(urls, policy, limits, explain=explain, deep=deep, verdicts=hub_verdicts,
+                                  max_bytes=max_remote_bytes))
     _emit(report, fmt, output, verbose)
     if explain:
         for fr in report.files:
@@ -142,13 +171,15 @@ Examples:
               help="TOML policy file whose [limits] table replaces pyproject.toml's [tool.tensorsafe.limits].")
 @click.option("--limit", "limit_values", multiple=True, metavar="NAME=VALUE",
               help="Set one policy limit (repeatable); the names are listed above.")
+@_jobs_option
 @click.option("--deep", is_flag=True,
               help="Also read the tensor data, in bounded chunks: NaN/Inf counts per float tensor and a SHA-256.")
 @click.option("-v", "--verbose", is_flag=True, help="List clean files too.")
 def validate(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file: Path | None,
-             limit_values: tuple[str, ...], deep: bool, verbose: bool) -> None:
+             limit_values: tuple[str, ...], deep: bool, verbose: bool, jobs: int) -> None:
     from tensorsafe.header.limits import parse_assignment
     from tensorsafe.header.validator import validate as validate_paths
+    from tensorsafe.hub_scan import split_paths
 
     overrides = dict(parse_assignment(v) for v in limit_values)
     limits = None
@@ -158,13 +189,23 @@ def validate(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file
 
         config = load_policy_file(policy_file)
         limits = limits_from_config(config.limits, config.source)
-    report = validate_paths(paths, limits, deep=deep, overrides=overrides)
+    paths, urls = split_paths(paths)
+    if jobs == 1:
+        report = validate_paths(paths, limits, deep=deep, overrides=overrides)
+    else:
+        from tensorsafe.batch import collect, validate_many
+
+        report = collect(validate_many(paths, limits, deep=deep, overrides=overrides, jobs=jobs, ordered=True))
+    if urls:
+        from tensorsafe.cli_hub import validate_remote
+
+        report.extend(validate_remote(urls, limits, deep=deep, overrides=overrides))
     _emit(report, fmt, output, verbose)
     sys.exit(report.exit_code)
 
 
 @main.command()
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("path", type=PathOrHub(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: tensors, metadata and totals.")
 def inspect(path: Path, as_json: bool) -> None:
     """Show a model file's tensors (name, dtype, shape, bytes), metadata, totals and SD family.
@@ -178,12 +219,26 @@ def inspect(path: Path, as_json: bool) -> None:
     Examples:
       tensorsafe inspect model.safetensors
       tensorsafe inspect v1-5-pruned.ckpt --json
+      tensorsafe inspect hf://OWNER/REPO/unet/diffusion_pytorch_model.safetensors
+
+    An hf:// safetensors file is read by range requests (its 8 + N header bytes); other hf:// files
+    are downloaded into huggingface_hub's cache first.
     """
     from tensorsafe.blob import MappedFile
+    from tensorsafe.cli_hub import inspect_remote_safetensors, local_source
     from tensorsafe.convert.describe import checkpoint_table, family_lines, family_report
     from tensorsafe.header.inspect import inspect_file, to_dict, to_table
     from tensorsafe.sniff import Kind, sniff
 
+    if isinstance(path, str) and path.endswith(".safetensors"):
+        ins, bytes_read = inspect_remote_safetensors(path)
+        data, lines = to_dict(ins), to_table(ins).splitlines() + [f"read {bytes_read:,} bytes from the Hub"]
+        data["bytes_read"] = bytes_read
+        data["model"] = family_report({t.name: tuple(t.shape) for t in ins.tensors}, {})
+        click.echo(json.dumps(data, indent=2, default=str) if as_json
+                   else "\n".join(lines + family_lines(data["model"])))
+        return
+    path = local_source(path)
     with MappedFile(path) as mf:
         kind = sniff(mf.span)
     if kind in (Kind.ZIP, Kind.PICKLE):

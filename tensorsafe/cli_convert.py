@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from tensorsafe.cli_hub import PathOrHub, local_source
+from tensorsafe.cli_render import require_render_extra
 from tensorsafe.convert.execute import DEFAULT_MAX_SHARD_BYTES
 from tensorsafe.convert.run import ConversionResult, ConvertOptions, convert
 
@@ -40,7 +42,7 @@ def _summary(r: ConversionResult) -> str:
 
 
 @click.command("convert")
-@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("src", type=PathOrHub(exists=True, path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Cast float tensors (default: keep).")
 @click.option("--ema", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
@@ -48,6 +50,9 @@ def _summary(r: ConversionResult) -> str:
 @click.option("--vae", type=click.Path(exists=True, dir_okay=False), help="Take the VAE from this file instead.")
 @click.option("--config", "config_folder", type=click.Path(exists=True, file_okay=False),
               help="Take component configs, scheduler and tokenizers from this diffusers folder.")
+@click.option("--base", "base_folder", type=click.Path(exists=True, file_okay=False),
+              help="Take the components the file lacks (VAE, text encoders of a UNet-only file) from this "
+                   "diffusers folder.")
 @click.option("--model-type", help="Override the detected family: sd1, sd2, sdxl, sdxl-refiner.")
 @click.option("--prediction-type", type=click.Choice(["epsilon", "v_prediction"]),
               help="Where the weights cannot tell (SD2 512 vs 768-v).")
@@ -55,10 +60,13 @@ def _summary(r: ConversionResult) -> str:
 @click.option("--allow-unmapped", is_flag=True, help="Convert even when some keys are unknown to the key maps.")
 @click.option("--max-shard-size", type=click.IntRange(1), default=DEFAULT_MAX_SHARD_BYTES, show_default=True,
               help="Bytes per weights file before sharding with an index.")
+@click.option("--check-render", is_flag=True,
+              help="Then render a small picture from the output with the reference pipeline (render extra) and "
+                   "write it beside DST as NAME.check.png.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def convert_command(src: Path, dst: Path, dtype: str | None, ema: str, vae: str | None, config_folder: str | None,
-                    model_type: str | None, prediction_type: str | None, overwrite: bool, allow_unmapped: bool,
-                    max_shard_size: int, quiet: bool) -> None:
+                    base_folder: str | None, model_type: str | None, prediction_type: str | None, overwrite: bool, allow_unmapped: bool,
+                    max_shard_size: int, check_render: bool, quiet: bool) -> None:
     """Convert a single-file SD checkpoint to a diffusers folder, or a diffusers folder back to one file.
 
     The direction follows SRC. Pickle checkpoints are scanned first and read without running any
@@ -70,10 +78,34 @@ def convert_command(src: Path, dst: Path, dtype: str | None, ema: str, vae: str 
       tensorsafe convert v1-5-pruned-emaonly.safetensors ./sd15-diffusers
       tensorsafe convert model.ckpt ./out --dtype fp16 --ema yes
       tensorsafe convert ./sdxl-diffusers sdxl.safetensors
+      tensorsafe convert model.ckpt ./out --check-render
+      tensorsafe convert hf://OWNER/REPO/model.ckpt ./out
+
+    An hf:// SRC (a file, or a diffusers folder or repository) is downloaded into
+    huggingface_hub's cache first, then converted like a local one.
     """
-    options = ConvertOptions(dtype=dtype, ema=ema, vae=vae, config=config_folder, model_type=model_type,
+    if check_render:
+        require_render_extra()
+    options = ConvertOptions(dtype=dtype, ema=ema, vae=vae, config=config_folder, base=base_folder,
+                             model_type=model_type,
                              prediction_type=prediction_type, overwrite=overwrite, allow_unmapped=allow_unmapped,
                              max_shard_bytes=max_shard_size)
+    src = local_source(src)
     result = convert(src, dst, options=options, progress_factory=_progress_factory(quiet))
     if not quiet:
         click.echo(_summary(result))
+    if check_render:
+        _check_render(Path(result.dst), quiet)
+
+
+def _check_render(dst: Path, quiet: bool) -> None:
+    from tensorsafe.errors import TensorsafeError
+    from tensorsafe.pipeline import check_render
+
+    try:
+        png = check_render(dst)
+    except TensorsafeError as exc:
+        exc.message = f"converted, but the check render failed: {exc.message}"
+        raise
+    if not quiet:
+        click.echo(f"  check render: {png}")

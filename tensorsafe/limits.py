@@ -14,6 +14,18 @@ MAX_PICKLES_PER_STREAM = 10_000
 
 @dataclass(frozen=True)
 class ScanLimits:
+    """The bounds of one scan; hitting one is an ``error`` finding (exit 2), never a pass.
+
+    Attributes:
+        max_depth: Deepest archive nesting to follow (``--max-depth``).
+        max_decompressed_bytes: Most bytes one compressed stream may inflate to (``--max-decompressed``).
+        max_members: Most members in one zip or tar archive.
+        max_opcodes: Most opcodes in one pickle stream.
+        max_memo_entries: Most memo entries in one pickle stream.
+        max_pickles_per_stream: Most concatenated pickles in one stream.
+        timeout_seconds: Seconds allowed per file (``--timeout``).
+    """
+
     max_depth: int = MAX_ARCHIVE_DEPTH
     max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES
     max_members: int = MAX_ZIP_MEMBERS

@@ -27,7 +27,12 @@ def printable(text: str) -> str:
 
 @dataclass(frozen=True)
 class Location:
-    """Where a finding sits inside a file: the chain of archive members, then a byte offset."""
+    """Where a finding sits inside a file: the chain of archive members, then a byte offset.
+
+    Attributes:
+        members: Archive members from the outside in (``("model/data.pkl",)``), empty for the file itself.
+        offset: Byte offset inside the innermost member (or the file), when the finding has one.
+    """
 
     members: tuple[str, ...] = ()
     offset: int | None = None
@@ -47,6 +52,18 @@ class Location:
 
 @dataclass(frozen=True)
 class Finding:
+    """One rule that fired on one file.
+
+    Attributes:
+        path: The file.
+        rule_id: The stable rule id (``PK-I01``); ``docs/rules.md`` says what it means and what to do.
+        message: One line for a person (control characters from the file are escaped).
+        location: Where in the file.
+        trigger: The import, opcode or header field that fired (``os.system``), when there is one.
+        outcome: ``fail``, ``error``, ``warn`` or ``info``: the rule's default when not given.
+        severity: ``critical`` to ``info``: the rule's default when not given.
+    """
+
     path: str
     rule_id: str
     message: str
@@ -90,6 +107,19 @@ class ImportUse:
 
 @dataclass
 class FileResult:
+    """The result for one file.
+
+    Attributes:
+        path: The file.
+        kind: The container, as detected from the bytes (``pytorch-zip``, ``gzip:pickle``, ``safetensors``, ...).
+        size: Size in bytes, when the file could be opened.
+        findings: Every finding, in the order found.
+        pickles: How many pickle streams were walked.
+        imports: Every import seen, with its policy tier and count.
+        seconds: Time spent on the file.
+        verdict: ``clean``, ``fail`` or ``error`` (a property: ``fail`` wins over ``error``).
+    """
+
     path: str
     kind: str
     size: int | None = None
@@ -99,6 +129,10 @@ class FileResult:
     seconds: float = 0.0
     explanations: list[tuple[str, str]] = field(default_factory=list)
     """(location, decompiled source) of each pickle that failed, when asked for."""
+    bytes_read: int | None = None
+    """A Hub file: the bytes fetched over the network to judge it (``None`` for a local file)."""
+    hub_verdict: str | None = None
+    """A Hub file, with ``--hub-verdicts``: the Hub's own security scan status (and why)."""
 
     @property
     def verdict(self) -> str:
@@ -117,6 +151,16 @@ def verdict_of(findings: list[Finding]) -> str:
 
 @dataclass
 class Report:
+    """What :func:`tensorsafe.scan` and :func:`tensorsafe.validate` return: one result per file.
+
+    Attributes:
+        files: One result per file, in a stable order.
+        findings: Every finding of every file (a property).
+        verdict: ``clean``, ``fail`` (a finding fails the policy) or ``error`` (a file could not be judged).
+        exit_code: 0, 1 or 2, as the command line exits.
+        clean: ``True`` when the verdict is ``clean``.
+    """
+
     files: list[FileResult] = field(default_factory=list)
 
     @property

@@ -117,9 +117,6 @@ RULES: dict[str, Rule] = {r.id: r for r in [
     _rule("ZIP-09", "torchscript-code", W, MED,
           "The archive holds TorchScript code, which torch.jit.load compiles and runs.",
           "Load it with torch.load(weights_only=True) or convert it to safetensors; do not torch.jit.load it unless you trust it."),
-    _rule("ZIP-10", "zip-unscanned-member", F, MED,
-          "A member of a PyTorch archive is neither a pickle the loader reads nor referenced storage data.",
-          "Hidden members are a common way to smuggle payloads; inspect the member."),
     # --- other archives and compression -------------------------------------------------------
     _rule("ARC-01", "nesting-too-deep", E, HIGH,
           "Archives are nested deeper than the limit.",
@@ -159,6 +156,15 @@ RULES: dict[str, Rule] = {r.id: r for r in [
     _rule("IO-02", "scan-time-limit", E, HIGH,
           "Scanning the file took longer than the time limit.",
           "Raise --timeout only for a file you trust."),
+    _rule("IO-03", "remote-read-failed", E, HIGH,
+          "A file on the Hugging Face Hub could not be listed or read (network or server error, or the "
+          "remote read budget was spent before the file was judged).",
+          "Check the repository name, revision and token (HF_TOKEN), or scan with --deep to download the "
+          "file whole."),
+    _rule("HUB-01", "hub-verdict-disagrees", W, MED,
+          "The Hub's own security scan and tensorsafe disagree about this file (--hub-verdicts).",
+          "Look at both reports: the Hub scans imports with picklescan; tensorsafe also follows the "
+          "containers and the calls. Trust neither blindly."),
     # --- safetensors header (ST-Fxx format errors, ST-Pxx policy findings, ST-Axx advisories) ----
     # (section owned by the header validator; see ../shared/specs/safetensors-header.md)
     _rule("ST-F01", "st-file-too-small", E, HIGH,

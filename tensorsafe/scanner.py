@@ -186,15 +186,23 @@ def scan(paths: str | os.PathLike | Iterable[str | os.PathLike], policy: Policy 
     """Scan files and folders; the library form of ``tensorsafe scan``.
 
     Without ``policy``, each file gets the built-in policy extended by the ``[tool.tensorsafe]``
-    table of the nearest pyproject.toml in its repository.
+    table of the nearest pyproject.toml in its repository. ``hf://OWNER/REPO[@REV][/PATH]`` URLs
+    are scanned on the Hub by range requests (:func:`tensorsafe.hub_scan.scan_hub` has the options).
     """
+    from tensorsafe.hub import is_hub_url
+
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    paths = list(paths)
     report = Report()
-    for path in iter_files(paths):
-        file_policy = policy if policy is not None else _policy_for(path)
-        report.files.append(scan_file(path, file_policy, limits or ScanLimits(), explain=explain))
+    for given in paths:
+        if is_hub_url(given):
+            from tensorsafe.hub_scan import scan_hub
+
+            report.files += scan_hub(given, policy, limits, explain=explain).files
+            continue
+        for path in iter_files([given]):
+            file_policy = policy if policy is not None else _policy_for(path)
+            report.files.append(scan_file(path, file_policy, limits or ScanLimits(), explain=explain))
     return report
 
 

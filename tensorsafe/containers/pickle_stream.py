@@ -109,7 +109,7 @@ def scan_legacy_rest(fs: "FileScan", span: Span, pos: int, location: Location, d
         if pos + 8 > end:
             fs.add("TORCH-02", f"storage {key!r} is truncated", location.at(pos - span.start))
             return
-        numel = _I8(buf, pos)[0]
+        numel = _I8(buf[pos:pos + 8])[0]  # a slice, not the buffer: span.buf may be remote (tensorsafe.remote)
         pos += 8 + numel * itemsize
         if numel < 0 or pos > span.end:
             fs.add("TORCH-02", f"storage {key!r} declares {numel:,} elements, past the end of the file",

@@ -28,6 +28,21 @@ WEIGHT_STEM = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_mode
 
 @dataclass
 class ConvertOptions:
+    """How to convert; the fields match ``tensorsafe convert``'s options.
+
+    Attributes:
+        dtype: Cast float tensors to ``fp16``, ``bf16`` or ``fp32``; ``None`` keeps them.
+        ema: ``auto``, ``yes`` or ``no``: use the UNet's EMA copy when the checkpoint carries one.
+        vae: A file to take the VAE from instead.
+        config: A diffusers folder to take component configs, scheduler and tokenizers from.
+        base: A diffusers folder to take the components the file lacks from (a UNet-only file).
+        model_type: Override the detected family: ``sd1``, ``sd2``, ``sdxl``, ``sdxl-refiner``.
+        prediction_type: ``epsilon`` or ``v_prediction``, where the weights cannot tell.
+        overwrite: Replace an existing destination (only once the new output is complete).
+        allow_unmapped: Convert even when some keys are unknown to the key maps.
+        max_shard_bytes: Bytes per weights file before sharding with an index.
+    """
+
     dtype: str | None = None
     ema: str = "auto"
     vae: str | None = None
@@ -50,6 +65,23 @@ class ConvertOptions:
 
 @dataclass
 class ConversionResult:
+    """What a conversion did.
+
+    Attributes:
+        src: The source file or folder.
+        dst: The destination written.
+        direction: ``single-file -> diffusers`` or ``diffusers -> single-file``.
+        family: The detected model family, described in one line.
+        components: The diffusers components written or read (``unet``, ``vae``, ``text_encoder``, ...).
+        tensors: Tensors written.
+        bytes_written: Tensor bytes written.
+        seconds: Wall time.
+        evidence: The keys and shapes the family was detected from.
+        notes: What was assumed or taken from elsewhere.
+        dropped: Keys left out on purpose, with the reason.
+        unmapped: Keys the key maps do not know (converted only with ``allow_unmapped``).
+    """
+
     src: str
     dst: str
     direction: str
@@ -210,7 +242,7 @@ def _sidecar(src: Path) -> dict | None:
 # -- diffusers folder -> single file ---------------------------------------------------------------
 def _folder_to_single_file(src: Path, dst: Path, opts: ConvertOptions, progress_factory) -> ConversionResult:
     from tensorsafe.convert import families, keymaps
-    from tensorsafe.convert.writer import write_safetensors, verify_written
+    from tensorsafe.convert.writer import write_safetensors
 
     model_index = _read_json(src / "model_index.json")
     sources: dict[str, Located] = {}
@@ -240,8 +272,7 @@ def _folder_to_single_file(src: Path, dst: Path, opts: ConvertOptions, progress_
         total = sum(t.nbytes for t in tensors)
         tick = progress_factory(total, len(tensors)) if progress_factory else None
         with staged(dst, overwrite=opts.overwrite, folder=False) as tmp:
-            written = write_safetensors(tmp, tensors, {"format": "pt"}, tick)
-            verify_written(tmp, written)
+            write_safetensors(tmp, tensors, {"format": "pt"}, tick, verify=True)  # checked as it is written
     finally:
         for s in opened:
             s.close()

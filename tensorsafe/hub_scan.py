@@ -1,0 +1,240 @@
+"""``scan``, ``validate`` and ``inspect`` of ``hf://`` paths: files judged from the bytes fetched by
+range requests (counted in ``FileResult.bytes_read``), or, with ``deep`` or offline, from
+huggingface_hub's cache.
+
+Results are named by their ``hf://`` URL. A failure to list, resolve or read a file is an
+``IO-03`` finding (exit 2): a file that could not be read is never reported clean.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+from tensorsafe.blob import Span
+from tensorsafe.errors import UnreadableFileError
+from tensorsafe.hub import (HubFile, HubPath, HubRangeSource, HubVerdict, cached_file, download, file_metadata,
+                            hub_verdicts, list_files, offline, parse_hub_url)
+from tensorsafe.limits import ScanLimits
+from tensorsafe.pickles.policy import Policy
+from tensorsafe.remote import DEFAULT_MAX_REMOTE_BYTES, RemoteBuffer, RemoteReadError, scan_buffer
+from tensorsafe.report import FileResult, Finding, Report
+
+
+def _io_error(path: str, exc: Exception) -> FileResult:
+    message = exc.message if isinstance(exc, UnreadableFileError) else str(exc)
+    return FileResult(path=path, kind="other", findings=[Finding(path, "IO-03", message)], bytes_read=0)
+
+
+def _default_policy() -> Policy:
+    from tensorsafe.policy_file import policy_for_path
+
+    return policy_for_path(Path.cwd())
+
+
+# -- scan ----------------------------------------------------------------------------------------------
+def scan_hub(url: str | os.PathLike, policy: Policy | None = None, limits: ScanLimits | None = None, *,
+             explain: bool = False, deep: bool = False, verdicts: bool = False,
+             max_bytes: int = DEFAULT_MAX_REMOTE_BYTES) -> Report:
+    """Scan a Hub file, folder or repository.
+
+    Online, each file is read by range requests (at most ``max_bytes`` each), unless it is already
+    in the cache; ``deep`` downloads it into the cache and scans it whole. Offline, the cache is
+    scanned. ``verdicts`` adds the Hub's own security scan of each file beside ours (``HUB-01``
+    where they disagree)."""
+    policy = policy if policy is not None else _default_policy()
+    limits = limits or ScanLimits()
+    try:
+        hp = parse_hub_url(url)
+    except Exception as exc:
+        return Report([_io_error(os.fspath(url), exc)])
+    report = Report()
+    if offline() or deep:
+        report.files += _scan_downloaded(hp, policy, limits, explain)
+    else:
+        try:
+            files = list_files(hp)
+        except RemoteReadError as exc:
+            return Report([_io_error(str(hp), exc)])
+        report.files += [scan_remote_file(f, policy, limits, explain=explain, max_bytes=max_bytes) for f in files]
+    if verdicts:
+        add_hub_verdicts(hp, report)
+    return report
+
+
+def _scan_downloaded(hp: HubPath, policy: Policy, limits: ScanLimits, explain: bool) -> list[FileResult]:
+    from tensorsafe.scanner import iter_files, scan_file
+
+    try:
+        local = download(hp)
+    except RemoteReadError as exc:
+        return [_io_error(str(hp), exc)]
+    results = []
+    for path in iter_files([local]):
+        rel = path.relative_to(local).as_posix() if local.is_dir() else ""
+        where = hp.at(f"{hp.path}/{rel}".strip("/") if rel else hp.path)
+        fr = scan_file(path, policy, limits, explain=explain)
+        _rename(fr, str(where))
+        fr.bytes_read = 0 if offline() else fr.size  # deep: the whole file was needed
+        results.append(fr)
+    return results
+
+
+def _rename(fr: FileResult, path: str) -> None:
+    fr.path = path
+    fr.findings = [Finding(path, f.rule_id, f.message, f.location, f.trigger, f.outcome, f.severity)
+                   for f in fr.findings]
+
+
+def scan_remote_file(f: HubFile, policy: Policy, limits: ScanLimits = ScanLimits(), *, explain: bool = False,
+                     max_bytes: int = DEFAULT_MAX_REMOTE_BYTES) -> FileResult:
+    """Scan one Hub file by range requests; never raises for bad content or a failed read."""
+    from tensorsafe.scanner import scan_file
+
+    name = str(f.where)
+    started = time.perf_counter()
+    try:
+        meta = file_metadata(f.where)
+    except RemoteReadError as exc:
+        return _io_error(name, exc)
+    local = cached_file(f.where, meta.commit)
+    if local is not None and os.path.getsize(local) == meta.size:
+        fr = scan_file(local, policy, limits, explain=explain)
+        _rename(fr, name)
+        fr.bytes_read = 0
+        return fr
+    buf = RemoteBuffer(HubRangeSource(meta, f.where), max_bytes=max_bytes)
+    result = scan_buffer(name, buf, policy, limits, explain=explain)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# -- hub verdicts ------------------------------------------------------------------------------------------
+def add_hub_verdicts(hp: HubPath, report: Report) -> None:
+    """Put the Hub's verdict beside ours; a disagreement is a HUB-01 finding on the file."""
+    by_path = {parse_hub_url(fr.path).path: fr for fr in report.files if fr.path.startswith("hf://")}
+    if offline():
+        for fr in by_path.values():
+            fr.hub_verdict = "not available offline"
+        return
+    try:
+        found = hub_verdicts(hp, sorted(p for p in by_path if p))
+    except RemoteReadError as exc:
+        for fr in by_path.values():
+            fr.hub_verdict = f"not available ({exc.message})"
+        return
+    for path, fr in by_path.items():
+        verdict = found.get(path)
+        fr.hub_verdict = str(verdict) if verdict is not None else "not scanned by the Hub"
+        if verdict is not None:
+            _compare(fr, verdict)
+
+
+def _compare(fr: FileResult, hub: HubVerdict) -> None:
+    ours = fr.verdict
+    if hub.flagged and ours == "clean":
+        fr.findings.append(Finding(fr.path, "HUB-01", f"the Hub's scan calls this file {hub}; tensorsafe found "
+                                   "nothing that fails the policy", trigger=hub.status))
+    elif hub.status == "safe" and ours == "fail":
+        fr.findings.append(Finding(fr.path, "HUB-01", "the Hub's scan calls this file safe; tensorsafe fails it "
+                                   "(see the findings above)", trigger=hub.status))
+
+
+# -- validate ------------------------------------------------------------------------------------------------
+def validate_hub(url: str | os.PathLike, limits=None, *, deep: bool = False,
+                 max_bytes: int = DEFAULT_MAX_REMOTE_BYTES) -> Report:
+    """Validate the safetensors headers of a Hub file or folder: ``8 + N`` bytes and the 64 KiB
+    polyglot windows per file, by range requests (``deep``, or offline: the cached file, whole).
+
+    In a folder, files named ``*.safetensors`` are validated; a file named explicitly always is."""
+    from tensorsafe.header.validator import SAFETENSORS_SUFFIX, _limits_for, validate_file
+
+    try:
+        hp = parse_hub_url(url)
+    except Exception as exc:
+        return Report([_io_error(os.fspath(url), exc)])
+    if offline() or deep:
+        try:
+            local = download(hp)
+        except RemoteReadError as exc:
+            return Report([_io_error(str(hp), exc)])
+        report = Report()
+        files = [local] if local.is_file() else sorted(local.rglob(f"*{SAFETENSORS_SUFFIX}"))
+        for path in files:
+            fr = validate_file(path, limits, deep=deep)
+            rel = path.relative_to(local).as_posix() if local.is_dir() else ""
+            _rename(fr, str(hp.at(f"{hp.path}/{rel}".strip("/") if rel else hp.path)))
+            fr.bytes_read = 0 if offline() else fr.size
+            report.files.append(fr)
+        return report
+    try:
+        files = list_files(hp)
+    except RemoteReadError as exc:
+        return Report([_io_error(str(hp), exc)])
+    if len(files) != 1 or files[0].where.path != hp.path:
+        files = [f for f in files if f.where.path.endswith(SAFETENSORS_SUFFIX)]
+    return Report([validate_remote_file(f, limits if limits is not None else _limits_for(str(f.where)),
+                                        max_bytes=max_bytes) for f in files])
+
+
+def validate_remote_file(f: HubFile, limits, *, max_bytes: int = DEFAULT_MAX_REMOTE_BYTES) -> FileResult:
+    from tensorsafe.header.validator import check_source, to_findings
+
+    name = str(f.where)
+    started = time.perf_counter()
+    try:
+        meta = file_metadata(f.where)
+    except RemoteReadError as exc:
+        return _io_error(name, exc)
+    result = FileResult(path=name, kind="safetensors", size=meta.size)
+    buf = RemoteBuffer(HubRangeSource(meta, f.where), max_bytes=max_bytes, readahead=0)
+    try:
+        check = check_source(Span(buf, 0, buf.size), limits)
+        result.findings = to_findings(name, check.issues)
+    except UnreadableFileError as exc:
+        result.findings = [Finding(name, "IO-03", exc.message)]
+    finally:
+        buf.close()
+    if buf.failed is not None and not any(x.rule_id == "IO-03" for x in result.findings):
+        result.findings.append(Finding(name, "IO-03", buf.failed.message))
+    result.bytes_read = buf.bytes_read
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# -- inspect / convert -----------------------------------------------------------------------------------------
+def remote_header(url: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_REMOTE_BYTES):
+    """A Hub safetensors file's checked header, read by range requests (``8 + N`` bytes), with the
+    number of bytes read; raises ``HeaderFormatError`` or ``RemoteReadError``."""
+    from tensorsafe.header.validator import read_checked_header
+
+    hp = parse_hub_url(url)
+    meta = file_metadata(hp)
+    buf = RemoteBuffer(HubRangeSource(meta, hp), max_bytes=max_bytes, readahead=0)
+    try:
+        header = read_checked_header(Span(buf, 0, buf.size))
+    finally:
+        buf.close()
+    return header, buf.bytes_read
+
+
+def local_copy(url: str | os.PathLike) -> Path:
+    """The Hub file or folder in huggingface_hub's cache (downloaded when missing); raises
+    ``RemoteReadError``."""
+    return download(parse_hub_url(url))
+
+
+def split_paths(paths: Iterable[str | os.PathLike]) -> tuple[list, list[str]]:
+    """(local paths, hf:// URLs)."""
+    from tensorsafe.hub import is_hub_url
+
+    local, remote = [], []
+    for p in paths:
+        (remote if is_hub_url(p) else local).append(p if not is_hub_url(p) else _url_text(p))
+    return local, remote
+
+
+def _url_text(p: str | os.PathLike) -> str:
+    """``hf:/a/b`` (what ``pathlib`` makes of ``hf://a/b``) back to ``hf://a/b``."""
+    return str(parse_hub_url(p))
