@@ -34,7 +34,11 @@ MAX_JSON_DEPTH = 3
 
 @dataclass(frozen=True)
 class HeaderLimits:
-    """Limits of the policy rules; the format rules' limits (ST-F02, ST-F06) are the reference's own."""
+    """Limits of the policy rules; the format rules' limits (ST-F02, ST-F06) are the reference's own.
+
+    The field names are the names of ``tensorsafe validate --limit NAME=VALUE`` and of a policy
+    file's ``[limits]`` table; each default is the module constant of the same name in capitals.
+    """
 
     header_warn_bytes: int = HEADER_WARN_BYTES
     max_tensors: int = MAX_TENSORS

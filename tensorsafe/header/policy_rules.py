@@ -142,9 +142,11 @@ def name_problem(name: str, max_bytes: int) -> str | None:
 
 # -- ST-P06 --------------------------------------------------------------------------------------
 def check_metadata(header: Header, limits: HeaderLimits) -> list[Issue]:
-    metadata = header.metadata
-    if not metadata:
-        return []
+    return metadata_issues(header.metadata, limits) if header.metadata else []
+
+
+def metadata_issues(metadata: dict[str, str], limits: HeaderLimits) -> list[Issue]:
+    """ST-P06 over a non-empty metadata map."""
     issues = []
     if len(metadata) > limits.max_metadata_entries:
         issues.append(Issue("ST-P06", f"__metadata__ has {len(metadata):,} entries, more than "

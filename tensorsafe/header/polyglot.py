@@ -22,10 +22,12 @@ PICKLE_WINDOW = 64 * 1024
 """Bytes past the header a pickle walk of the front may read."""
 PICKLE_MAX_OPCODES = 100_000
 FIRST_WINDOW = 4096
-_FAILS_FIRST = frozenset(b".012abedlostuR\x81\x85\x86\x87\x90\x91\x92\x93\x94\x98Qqr")
-"""Opcodes that pop the stack or need a MARK: as a stream's first opcode they fail whatever follows."""
-_CANNOT_START = frozenset(range(256)) - {ord(op.code) for op in pickletools.opcodes} | _FAILS_FIRST
+_FAILS_FIRST = frozenset(b".012abedlostuR\x81\x85\x86\x87\x90\x91\x92\x93\x94\x98Qqrpghj")
+"""Opcodes that pop the stack, need a MARK or read the memo (PUT stores the stack top, GET reads
+the memo): as a stream's first opcode they fail whatever follows."""
+CANNOT_START = frozenset(range(256)) - {ord(op.code) for op in pickletools.opcodes} | _FAILS_FIRST
 """First bytes with which no pickle stream can reach STOP (most header lengths start that way)."""
+PROTO = 0x80
 
 
 def zip_at_end(src: ByteSource) -> Issue | None:
@@ -53,7 +55,7 @@ def pickle_at_front(src: ByteSource, header_length: int) -> Issue | None:
     window starts small and grows only while the walk runs off its end."""
     limit = min(src.size, pickle_window_end(header_length))
     window = FIRST_WINDOW
-    if src.read(0, 1)[0] in _CANNOT_START:
+    if cannot_be_pickle(src.read(0, 3)):
         return None
     while True:
         front = src.read(0, min(limit, window))
@@ -64,6 +66,18 @@ def pickle_at_front(src: ByteSource, header_length: int) -> Issue | None:
         if not trace.truncated or len(front) >= limit:
             return None
         window *= 16
+
+
+def cannot_be_pickle(front: bytes) -> bool:
+    """The file's first bytes (3 are enough) already fail as a pickle stream: no walk is needed.
+
+    Its first opcode cannot start a stream, or it is PROTO (which changes nothing the next opcode
+    depends on) followed by one that cannot."""
+    if not front:
+        return False
+    if front[0] in CANNOT_START:
+        return True
+    return front[0] == PROTO and len(front) > 2 and front[2] in CANNOT_START
 
 
 def pickle_window_end(header_length: int) -> int:
