@@ -513,7 +513,7 @@ def summary(results: list[tuple[Case, list[Row]]]) -> int:
 
 PHASES = [
     ("zip: open_zip (central directory + local headers)", "zip.py", "open_zip"),
-    ("  zipfile central directory (stdlib)", "zipfile.py", "_RealGetContents"),
+    ("  central directory (zip_directory)", "zip_directory.py", "read_directory"),
     ("  local header checks, one per member", "zip.py", "_local_member"),
     ("zip: member_span (CRC of the members read)", "zip.py", "member_span"),
     ("opcode walker", "walker.py", "walk"),

@@ -5,6 +5,7 @@ import io
 import mmap
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from tensorsafe.errors import LimitExceeded, UnreadableFileError
 
@@ -34,7 +35,18 @@ class Span:
     def read(self, offset: int, n: int) -> bytes:
         """``n`` bytes at ``offset`` relative to the span (fewer at its end)."""
         lo = self.start + max(0, offset)
-        return bytes(self.buf[lo:min(self.end, lo + max(0, n))])
+        hi = min(self.end, lo + max(0, n))
+        if type(self.buf) is FileMap:
+            return self.buf.pread(lo, hi) if lo < hi else b""
+        return bytes(self.buf[lo:hi])
+
+    def reader_at(self) -> Callable[[int, int], bytes]:
+        """``read(lo, hi)``: the bytes of ``buf[lo:hi]`` (absolute positions, which the caller keeps
+        inside the span), for loops of many small reads: a mapped file's ``pread`` itself."""
+        buf = self.buf
+        if type(buf) is FileMap:
+            return buf.pread
+        return lambda lo, hi: bytes(buf[lo:hi])
 
     def sub(self, offset: int, size: int) -> "Span":
         lo = min(self.end, self.start + max(0, offset))
@@ -87,6 +99,26 @@ class SpanReader(io.RawIOBase):
         return len(data)
 
 
+class FileMap(mmap.mmap):
+    """A read-only memory map that also reads ranges with ``os.pread`` (:meth:`Span.read` does).
+
+    The pickle walker indexes the map; scattered small reads (thousands of zip local headers,
+    legacy storage headers) go through ``pread``: the first touch of a mapped page is a page
+    fault, the kernel maps the pages around it as well, and all of them are unmapped again at
+    close, which costs several times the read itself. Either way only those bytes are read.
+    """
+
+    fd: int = -1
+
+    def pread(self, lo: int, hi: int) -> bytes:
+        if self.closed:
+            raise ValueError("mmap closed or invalid")
+        try:
+            return os.pread(self.fd, hi - lo, lo)
+        except OSError as exc:
+            raise UnreadableFileError(f"cannot read bytes {lo:,}-{hi - 1:,}: {exc.strerror or exc}") from exc
+
+
 class MappedFile:
     """A file opened read-only and memory-mapped (an empty file maps to ``b""``)."""
 
@@ -95,7 +127,9 @@ class MappedFile:
         try:
             self._fh = open(self.path, "rb")
             size = os.fstat(self._fh.fileno()).st_size
-            self._map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            self._map = FileMap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            if self._map is not None:
+                self._map.fd = self._fh.fileno()
         except (OSError, ValueError) as exc:
             raise UnreadableFileError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", path=self.path) from exc
         self.span = Span(self._map if self._map is not None else b"", 0, size)

@@ -128,7 +128,7 @@ def check(data: bytes, *, explain: bool = False) -> tensorsafe.Report:
 
 
 def known_bug(data: bytes) -> str | None:
-    """Inputs that hit an open bug (its xfail test is at the end of this file) or the documented
+    """Inputs that hit an open bug (an xfail test at the end of this file) or the documented
     residual risk: the properties set them aside so that they keep guarding everything else.
     Delete an entry when its bug is fixed."""
     c = run_stream(data, 0, mode="c")
@@ -136,9 +136,6 @@ def known_bug(data: bytes) -> str | None:
         first = {m.split(".")[0] for m, _, _ in c.imports}
         if all(any(ch.isspace() for ch in f) for f in first):
             return "module file name with white space: the residual risk in docs/threat-model.md"
-    py = run_stream(data, 0, mode="py", joblib=True)
-    if py.nested_frame_past_stop:
-        return "object-array pickle ends inside a frame (test_bug_joblib_outer_stream_resumes_after_nested_frame)"
     return None
 
 
@@ -645,11 +642,10 @@ def test_bug_module_import_hidden_by_rest_of_name(stream):
     assert report.verdict != "clean", report.files[0].kind
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: joblib's object-array unpickler reads whole "
-                   "frames from the file, so when that pickle's last frame runs past its STOP the outer stream "
-                   "goes on after the frame; the hook resumes right after STOP and walks the frame's leftover "
-                   "bytes (here a BINBYTES header that swallows the payload joblib runs)")
 def test_bug_joblib_outer_stream_resumes_after_nested_frame():
+    """joblib's object-array unpickler reads whole frames from the file: when that pickle's last frame
+    runs past its STOP, the outer stream goes on after the frame, not after STOP (the frame's leftover
+    here is a BINBYTES header that would swallow the payload joblib runs)."""
     payload = b"0" + PAYLOAD + b"N"
     inner_body = b"N." + b"B" + struct.pack("<I", len(payload))
     inner = b"\x80\x04\x95" + struct.pack("<Q", len(inner_body)) + inner_body

@@ -54,7 +54,8 @@ class JoblibArrays:
                       self.depth + 1)
         if not trace.stopped:
             raise ParseError("joblib object array pickle cannot be followed")
-        return trace.end
+        # pickle.py read the whole last frame from the file: the outer stream resumes after it
+        return max(trace.end, trace.frame_end)
 
 
 _INSTANCE_MAKERS = frozenset({("copyreg", "_reconstructor"), ("copyreg", "__newobj__"), ("copyreg", "__newobj_ex__")})

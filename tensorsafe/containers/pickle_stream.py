@@ -100,7 +100,7 @@ def scan_legacy_rest(fs: "FileScan", span: Span, pos: int, location: Location, d
         fs.add("TORCH-02", "storage references or the storage key list are not literal values",
                location.at(pos - span.start))
         return
-    buf, end = span.buf, span.end
+    end, read = span.end, span.reader_at()
     for key in keys:
         itemsize = sizes.get(key)
         if itemsize is None:
@@ -109,7 +109,7 @@ def scan_legacy_rest(fs: "FileScan", span: Span, pos: int, location: Location, d
         if pos + 8 > end:
             fs.add("TORCH-02", f"storage {key!r} is truncated", location.at(pos - span.start))
             return
-        numel = _I8(buf[pos:pos + 8])[0]  # a slice, not the buffer: span.buf may be remote (tensorsafe.remote)
+        numel = _I8(read(pos, pos + 8))[0]  # a read (pread of a local file), not the buffer: it may be remote
         pos += 8 + numel * itemsize
         if numel < 0 or pos > span.end:
             fs.add("TORCH-02", f"storage {key!r} declares {numel:,} elements, past the end of the file",
@@ -124,16 +124,22 @@ def scan_legacy_rest(fs: "FileScan", span: Span, pos: int, location: Location, d
 
 def _storage_element_sizes(main: PickleTrace) -> dict[str, int] | None:
     sizes: dict[str, int] = {}
+    by_type: dict[int, int] = {}  # element size per storage type object: thousands of ids share a few
     for ref in main.persistent:
         pid = ref.pid
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             return None
         storage_type, key = pid[1], pid[2]
-        if not isinstance(storage_type, Global) or not isinstance(key, str):
+        if not isinstance(key, str):
             return None
-        size = STORAGE_ELEMENT_SIZE.get(storage_type.name)
+        size = by_type.get(id(storage_type))
         if size is None:
-            return None
+            if not isinstance(storage_type, Global):
+                return None
+            size = STORAGE_ELEMENT_SIZE.get(storage_type.name)
+            if size is None:
+                return None
+            by_type[id(storage_type)] = size
         sizes[key] = size
     return sizes
 

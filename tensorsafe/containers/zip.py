@@ -1,8 +1,9 @@
 """Zip archives read the way every loader might: central directory, local headers and the gaps.
 
-The central directory is parsed by ``zipfile`` (a well-kept parser, zip64 included); local
-headers, CRCs, flags, overlaps and duplicates are checked here, because readers disagree on
-exactly those and attackers use the disagreements.
+The central directory is read as CPython's ``zipfile`` reads it (``zip_directory``, zip64
+included, checked against ``zipfile`` by differential tests); local headers, CRCs, flags,
+overlaps and duplicates are checked here, because readers disagree on exactly those and
+attackers use the disagreements.
 """
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 from tensorsafe.blob import Span
 from tensorsafe.containers.decompress import MAX_DECOMPRESSED_BYTES, decompress
+from tensorsafe.containers.zip_directory import Entry, ZipDirectoryError, read_directory
 from tensorsafe.errors import LimitExceeded, ParseError
 from tensorsafe.sniff import ZIP_EOCD_SEARCH
 
@@ -62,21 +65,19 @@ class ZipView:
 def open_zip(span: Span, max_members: int = MAX_ZIP_MEMBERS) -> ZipView:
     """Parse the central directory and every local header; raises ``ParseError`` if unreadable."""
     try:
-        zf = zipfile.ZipFile(span.reader(max_read=MAX_CENTRAL_DIRECTORY_BYTES))
-    except LimitExceeded:
-        raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error,
-            NotImplementedError, UnicodeDecodeError) as exc:
-        raise ParseError(f"cannot read the zip central directory: {exc}") from None
-    infos = zf.infolist()
-    if len(infos) > max_members:
-        raise LimitExceeded("MAX_ZIP_MEMBERS", max_members, f"{len(infos):,} zip members is more than allowed")
+        directory = read_directory(span, MAX_CENTRAL_DIRECTORY_BYTES)
+    except ZipDirectoryError as exc:
+        raise ParseError(f"cannot read the zip central directory: {exc.message}") from None
+    entries = directory.entries
+    if len(entries) > max_members:
+        raise LimitExceeded("MAX_ZIP_MEMBERS", max_members, f"{len(entries):,} zip members is more than allowed")
     view = ZipView(span)
-    for info in infos:
-        member = _local_member(span, info, view.anomalies)
+    read = span.reader_at()
+    for entry in entries:
+        member = _local_member(span, entry, view.anomalies, read)
         if member is not None:
             view.members.append(member)
-    _check_layout(view, zf)
+    _check_layout(view, directory.start_dir)
     _check_end_records(span, view.anomalies)
     return view
 
@@ -103,22 +104,40 @@ def _check_end_records(span: Span, anomalies: list[Anomaly]) -> None:
                                      f"({classic} vs {wide})", None, None))
 
 
-def _local_member(span: Span, info: zipfile.ZipInfo, anomalies: list[Anomaly]) -> Member | None:
-    at = span.start + info.header_offset
-    if info.header_offset + LOCAL_HEADER.size > span.size or span.buf[at:at + 4] != b"PK\x03\x04":
-        anomalies.append(Anomaly("ZIP-07", f"member {info.filename!r} has no local header at offset "
-                                 f"{info.header_offset}", info.filename, info.header_offset))
+def _local_member(span: Span, entry: Entry, anomalies: list[Anomaly],
+                  read: Callable[[int, int], bytes]) -> Member | None:
+    """``read``: ``span.reader_at()``, made once for all members."""
+    offset, size = entry.header_offset, span.size
+    if 0 <= offset and offset + LOCAL_HEADER.size <= size:
+        # one read for the fixed part and the name (as long as the central directory's); a read,
+        # not unpack_from on the buffer: span.buf may be remote
+        at = span.start + offset
+        head = read(at, min(span.end, at + LOCAL_HEADER.size + entry.name_length))
+        found = head[:4] == b"PK\x03\x04"
+    else:  # the offset is past the end, or before the start (the slice then counts from the end)
+        at = span.start + offset
+        found = offset + LOCAL_HEADER.size <= size and span.buf[at:at + 4] == b"PK\x03\x04"
+        head = span.read(offset, LOCAL_HEADER.size) if found else b""
+    if not found:
+        anomalies.append(Anomaly("ZIP-07", f"member {entry.name!r} has no local header at offset "
+                                 f"{offset}", entry.name, offset))
         return None
-    (_, _, flags, method, _, _, crc, csize, usize, name_len, extra_len) = LOCAL_HEADER.unpack_from(span.buf, at)
-    name_raw = span.read(info.header_offset + LOCAL_HEADER.size, name_len)
-    local_name = name_raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
-    data_offset = info.header_offset + LOCAL_HEADER.size + name_len + extra_len
-    member = Member(info.filename, local_name, info.header_offset, data_offset, info.compress_size,
-                    info.file_size, info.CRC, info.compress_type, info.flag_bits)
+    (_, _, flags, method, _, _, crc, csize, usize, name_len, extra_len) = LOCAL_HEADER.unpack_from(head)
+    if offset >= 0 and name_len <= entry.name_length:
+        name_raw = head[LOCAL_HEADER.size:LOCAL_HEADER.size + name_len]
+    else:
+        name_raw = span.read(offset + LOCAL_HEADER.size, name_len)
+    if name_raw.isascii():  # the common case: the same text in either encoding, decoded faster
+        local_name = name_raw.decode("ascii")
+    else:
+        local_name = name_raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+    data_offset = offset + LOCAL_HEADER.size + name_len + extra_len
+    member = Member(entry.name, local_name, offset, data_offset, entry.compress_size,
+                    entry.file_size, entry.crc, entry.method, entry.flags)
     _check_member(member, flags, method, crc, csize, usize, anomalies)
-    if data_offset + info.compress_size > span.size:
-        anomalies.append(Anomaly("ZIP-06", f"member {info.filename!r} runs past the end of the file",
-                                 info.filename, info.header_offset))
+    if data_offset + entry.compress_size > size:
+        anomalies.append(Anomaly("ZIP-06", f"member {entry.name!r} runs past the end of the file",
+                                 entry.name, offset))
     return member
 
 
@@ -143,7 +162,7 @@ def _check_member(m: Member, flags: int, method: int, crc: int, csize: int, usiz
                                  "uncompressed sizes", m.name, m.header_offset))
 
 
-def _check_layout(view: ZipView, zf: zipfile.ZipFile) -> None:
+def _check_layout(view: ZipView, start_dir: int) -> None:
     seen: dict[str, int] = {}
     for m in view.members:
         seen[m.name] = seen.get(m.name, 0) + 1
@@ -155,7 +174,7 @@ def _check_layout(view: ZipView, zf: zipfile.ZipFile) -> None:
         if cur.header_offset < prev.data_end:
             view.anomalies.append(Anomaly("ZIP-06", f"members {prev.name!r} and {cur.name!r} overlap",
                                           cur.name, cur.header_offset))
-    view.front = ordered[0].header_offset if ordered else zf.start_dir
+    view.front = ordered[0].header_offset if ordered else start_dir
     if view.front > 0:
         view.anomalies.append(Anomaly("ZIP-05", f"{view.front:,} bytes precede the first zip member",
                                       None, 0))

@@ -27,10 +27,12 @@ def scan_zip_view(fs: "FileScan", view: ZipView, location: Location, depth: int)
     storage_keys: set[str] = set()
     ordered = sorted(view.members, key=lambda m: (not m.name.endswith(".pkl"), m.header_offset))
     torchscript_reported = False
+    storage_dir = f"{prefix}data/" if prefix is not None else None
     for m in ordered:
         if not fs.check_deadline(location):
             return
-        if prefix is not None and _is_referenced_storage(m.name, prefix, storage_keys):
+        if storage_dir is not None and m.name.startswith(storage_dir) \
+                and m.name[len(storage_dir):] in storage_keys:  # a storage the pickle points at: never read
             continue
         if TORCHSCRIPT_CODE.search(m.name) and not torchscript_reported:
             torchscript_reported = True
@@ -63,9 +65,3 @@ def _torch_prefix(view: ZipView) -> str | None:
         if match:
             return f"{match.group(1)}/" if match.group(1) is not None else ""
     return None
-
-
-def _is_referenced_storage(name: str, prefix: str, keys: set[str]) -> bool:
-    head = f"{prefix}data/"
-    return name.startswith(head) and name[len(head):] in keys
-

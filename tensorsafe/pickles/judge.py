@@ -45,12 +45,10 @@ class TraceJudge:
 
     def judge(self, trace: PickleTrace) -> Verdicts:
         self._imports(trace)
-        plain = self._plain_callables()
+        plain = self._plain_globals(trace)
         for call in trace.calls:
-            func = call.func
-            if type(func) is Global and func in plain:
-                continue
-            self._call(call)
+            if id(call.func) not in plain:
+                self._call(call)
         for offset, target, opcode in trace.modified:
             self._add("PK-C03", f"{opcode} modifies the imported object {_describe(target)}",
                       offset, _describe(target))
@@ -86,15 +84,16 @@ class TraceJudge:
             elif j.tier is Tier.BENIGN:
                 self._add("PK-I03", f"references {qualified}{times}: {j.reason}", offset, qualified)
 
-    def _plain_callables(self) -> set[Global]:
+    def _plain_globals(self, trace: PickleTrace) -> set[int]:
         """Imports whose calls need no further look: allowed (or invocable benign), not calling an
-        argument, not a loader. A checkpoint calls the same few thousands of times."""
-        plain = set()
-        for key, j in self._judged.items():
-            if (j.tier is Tier.ALLOWED or (j.tier is Tier.BENIGN and j.invocable)) \
-                    and key not in INDIRECT_CALLERS and key not in NESTED_PICKLE_LOADERS:
-                plain.add(Global(key[0], key[1], 0, ""))
-        return plain
+        argument, not a loader. A checkpoint calls the same few thousands of times, through the
+        same few ``Global`` objects (the memo hands out the object its import made), so they are
+        known by identity: ``id()`` of objects the trace keeps alive. Any other callee, even an
+        equal ``Global``, is judged in full."""
+        plain_keys = {key for key, j in self._judged.items()
+                      if (j.tier is Tier.ALLOWED or (j.tier is Tier.BENIGN and j.invocable))
+                      and key not in INDIRECT_CALLERS and key not in NESTED_PICKLE_LOADERS}
+        return {id(g) for g in trace.globals if type(g) is Global and (g.module, g.name) in plain_keys}
 
     def _judgement(self, key: tuple[str, str]) -> Judgement:
         j = self._judged.get(key)

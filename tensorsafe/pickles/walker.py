@@ -13,8 +13,9 @@ import codecs
 import gc
 import struct
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Iterator, Protocol
 
 from tensorsafe.errors import LimitExceeded, ParseError, PickleParseError
 from tensorsafe.pickles.values import BytesRef, Call, Global, OutOfBand, PersistentRef, Unresolved
@@ -31,8 +32,6 @@ _U4 = struct.Struct("<I").unpack_from
 _U2 = struct.Struct("<H").unpack_from
 _U8 = struct.Struct("<Q").unpack_from
 _F8 = struct.Struct(">d").unpack_from
-_MISSING = object()
-"""Memo lookups in the hot loop: ``memo.get(i, _MISSING)`` (a pickle can memoize ``None``)."""
 
 
 class BuildHook(Protocol):
@@ -56,6 +55,9 @@ class PickleTrace:
     modified: list[tuple[int, object, str]] = field(default_factory=list)
     persistent: list[PersistentRef] = field(default_factory=list)
     out_of_band: list[int] = field(default_factory=list)
+    frame_end: int = 0
+    """Where the last FRAME read before STOP ends: a loader reading frames from a file (pickle.py's
+    unframer, joblib's nested loads) goes on from there when it lies past STOP."""
     deep_key_offset: int | None = None
     """Where a dict key or set item nested past MAX_KEY_NESTING was met (it may crash a loader)."""
     error: PickleParseError | LimitExceeded | None = None
@@ -236,161 +238,225 @@ class Walker:
     _op_offset = 0
 
     def _loop(self, pos: int) -> int:
-        # One long function on purpose: locals, an if-chain ordered by frequency in real checkpoints
-        # (torch.save writes protocol 2: LONG_BINPUT, BINGET, BININT1, MARK, TUPLE, ...) and the
+        # One long function on purpose: locals, an if-chain ordered by how often each opcode starts
+        # an iteration in real checkpoints (torch.save writes protocol 2: BINGET, BININT1,
+        # BINUNICODE, TUPLE, REDUCE, MARK, ...; its LONG_BINPUTs are fused, see below) and the
         # common opcodes inlined, bounds and fence checks included, keep the per-opcode cost low
         # (this loop is the scanner's hot path). Every check the helpers make is made here too;
         # on a failed check the helper is called, or its error raised, so errors read the same.
+        # REDUCE and BINPERSID build their Call / PersistentRef without the __init__ call (every
+        # slot set here; tests/test_walker_fast_paths.py checks them against the constructors).
+        #
+        # Invariants that make it fast:
+        # - ``fence`` is always ``marks[-1] if marks else 0``: set where the loop changes ``marks``,
+        #   recomputed after every helper (helpers may pop marks).
+        # - ``pos - 1`` is the offset of the opcode being run whenever anything raises: a branch
+        #   moves ``pos`` past its argument only after its last check (errors report that offset).
+        # - A value-building opcode followed by LONG_BINPUT (torch writes one after nearly every
+        #   value) runs the put in the same iteration ("fused"), only when the put cannot fail: it
+        #   has its 4 bytes, the memo has room, and the stack top is the value just pushed, so it
+        #   is above the fence. Otherwise the put runs as its own opcode.
+        # - Iterations run in chunks of DEADLINE_CHECK_INTERVAL (``for count in range``: the loop
+        #   counts them); the opcode budget and the deadline are checked between chunks, on
+        #   ``done + fused`` opcodes (so at least every DEADLINE_CHECK_INTERVAL opcodes).
         data, end, stack, memo, marks, trace = self.data, self.end, self.stack, self.memo, self.marks, self.trace
         append, pop, mark = stack.append, stack.pop, marks.append
         add_call, add_ref = trace.calls.append, trace.persistent.append
-        count = 0
+        new = object.__new__
         limit = self.max_opcodes
         max_memo = self.max_memo
-        mask = DEADLINE_CHECK_INTERVAL - 1
-        op_pos = pos
+        fence = marks[-1] if marks else 0
+        put_end = end - 5  # a fused LONG_BINPUT needs pos <= put_end (its opcode byte, 4 argument bytes)
+        fused = 0  # opcodes run in another opcode's iteration: the opcode count is iterations + fused
+        done = 0  # iterations of the chunks already run
         try:
             while True:
-                op_pos = pos
-                if pos >= end:
-                    raise _Truncated("stream ends before STOP")
-                op = data[pos]
-                pos += 1
-                count += 1
-                if not count & mask:
-                    self._check_budget(count, limit, pos)
-                if op == 0x72:  # r LONG_BINPUT
-                    if pos + 4 > end:
-                        self._need(pos, 4)
-                    if len(memo) < max_memo and len(stack) > (marks[-1] if marks else 0):
-                        memo[_U4(data, pos)[0]] = stack[-1]
+                # iterations run in chunks: the loop counts them, the budget is checked between chunks
+                for count in range(done + 1, done + DEADLINE_CHECK_INTERVAL + 1):
+                    if pos >= end:
+                        pos += 1  # errors report ``pos - 1``: here, the end of the stream
+                        raise _Truncated("stream ends before STOP")
+                    op = data[pos]
+                    pos += 1
+                    if op == 0x68:  # h BINGET
+                        if pos >= end:
+                            self._need(pos, 1)
+                        try:
+                            append(memo[data[pos]])
+                        except KeyError:
+                            self._memo_get(data[pos])
+                        pos += 1
+                    elif op == 0x4B:  # K BININT1
+                        if pos >= end:
+                            self._need(pos, 1)
+                        append(data[pos])
+                        pos += 1
+                    elif op == 0x58:  # X BINUNICODE
+                        if pos + 4 > end:
+                            self._need(pos, 4)
+                        n = _U4(data, pos)[0]
+                        if pos + 4 + n > end:
+                            self._need(pos + 4, n)
+                        try:
+                            value = str(data[pos + 4:pos + 4 + n], "utf-8", "surrogatepass")
+                        except UnicodeDecodeError:
+                            value = self._counted(pos + 4, n, "BINUNICODE", True)[0]
+                        append(value)
+                        pos += 4 + n
+                        if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
+                            memo[_U4(data, pos + 1)[0]] = value
+                            pos += 5
+                            fused += 1
+                    elif op == 0x74:  # t TUPLE
+                        if not marks:
+                            self._pop_mark()
+                        marks.pop()
+                        value = tuple(stack[fence:])
+                        del stack[fence:]
+                        fence = marks[-1] if marks else 0
+                        append(value)
+                        if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
+                            memo[_U4(data, pos + 1)[0]] = value
+                            pos += 5
+                            fused += 1
+                    elif op == 0x52:  # R REDUCE
+                        if len(stack) - fence < 2:
+                            raise _Invalid("unpickling stack underflow")
+                        args = pop()
+                        value = new(Call)  # Call(func, args, "reduce", offset) without a Python __init__ call
+                        value.func = pop()
+                        value.args = args
+                        value.kind = "reduce"
+                        value.offset = pos - 1
+                        value.kwargs = value.state = value.items = value.appended = None
+                        add_call(value)
+                        append(value)
+                        if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
+                            memo[_U4(data, pos + 1)[0]] = value
+                            pos += 5
+                            fused += 1
+                    elif op == 0x28:  # ( MARK
+                        fence = len(stack)
+                        mark(fence)
+                        if pos < end and data[pos] == 0x28:  # torch opens two marks in a row
+                            mark(fence)
+                            pos += 1
+                            fused += 1
+                    elif op == 0x72:  # r LONG_BINPUT
+                        if pos + 4 > end:
+                            self._need(pos, 4)
+                        if len(stack) > fence and len(memo) < max_memo:
+                            memo[_U4(data, pos)[0]] = stack[-1]
+                        else:
+                            self._memo_put(_U4(data, pos)[0], pos - 1)
+                        pos += 4
+                    elif op == 0x4E:  # N NONE
+                        append(None)
+                    elif op == 0x51:  # Q BINPERSID
+                        if len(stack) <= fence:
+                            raise _Invalid("unpickling stack underflow")
+                        value = new(PersistentRef)  # PersistentRef(pid, offset), as for REDUCE's Call
+                        value.pid = pop()
+                        value.offset = pos - 1
+                        add_ref(value)
+                        append(value)
+                    elif op == 0x89:  # NEWFALSE
+                        append(False)
+                    elif op == 0x29:  # ) EMPTY_TUPLE
+                        append(())
+                    elif op == 0x85:  # TUPLE1
+                        if len(stack) <= fence:
+                            raise _Invalid("unpickling stack underflow")
+                        value = (pop(),)
+                        append(value)
+                        if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
+                            memo[_U4(data, pos + 1)[0]] = value
+                            pos += 5
+                            fused += 1
+                    elif op == 0x86:  # TUPLE2
+                        if len(stack) - fence < 2:
+                            raise _Invalid("unpickling stack underflow")
+                        value = pop()
+                        value = (pop(), value)
+                        append(value)
+                        if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
+                            memo[_U4(data, pos + 1)[0]] = value
+                            pos += 5
+                            fused += 1
+                    elif op == 0x4D:  # M BININT2
+                        if pos + 2 > end:
+                            self._need(pos, 2)
+                        append(_U2(data, pos)[0])
+                        pos += 2
+                    elif op == 0x71:  # q BINPUT
+                        if pos >= end:
+                            self._need(pos, 1)
+                        if len(stack) > fence and len(memo) < max_memo:
+                            memo[data[pos]] = stack[-1]
+                        else:
+                            self._memo_put(data[pos], pos - 1)
+                        pos += 1
+                    elif op == 0x94:  # MEMOIZE
+                        if len(stack) > fence and len(memo) < max_memo:
+                            memo[len(memo)] = stack[-1]
+                        else:
+                            self._memo_put(len(memo), pos - 1)
+                    elif op == 0x8C:  # SHORT_BINUNICODE
+                        if pos >= end:
+                            self._need(pos, 1)
+                        n = data[pos]
+                        if pos + 1 + n > end:
+                            self._need(pos + 1, n)
+                        try:
+                            append(str(data[pos + 1:pos + 1 + n], "utf-8", "surrogatepass"))
+                        except UnicodeDecodeError:
+                            append(self._counted(pos + 1, n, "SHORT_BINUNICODE", True)[0])
+                        pos += 1 + n
+                    elif op == 0x6A:  # j LONG_BINGET
+                        if pos + 4 > end:
+                            self._need(pos, 4)
+                        try:
+                            append(memo[_U4(data, pos)[0]])
+                        except KeyError:
+                            self._memo_get(_U4(data, pos)[0])
+                        pos += 4
+                    elif op == 0x4A:  # J BININT
+                        if pos + 4 > end:
+                            self._need(pos, 4)
+                        append(_I4(data, pos)[0])
+                        pos += 4
+                    elif op == 0x75:  # u SETITEMS
+                        self._setitems(self._pop_mark(), pos - 1)
+                        fence = marks[-1] if marks else 0
+                    elif op == 0x87:  # TUPLE3
+                        if len(stack) - fence < 3:
+                            raise _Invalid("unpickling stack underflow")
+                        c = pop()
+                        b = pop()
+                        value = (pop(), b, c)
+                        append(value)
+                        if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
+                            memo[_U4(data, pos + 1)[0]] = value
+                            pos += 5
+                            fused += 1
+                    elif op == 0x88:  # NEWTRUE
+                        append(True)
+                    elif op == 0x2E:  # . STOP
+                        trace.root = _pop_fenced(stack, fence)
+                        trace.stopped = True
+                        trace.opcodes = count + fused
+                        trace.frame_end = self.frame_end
+                        return pos
                     else:
-                        self._memo_put(_U4(data, pos)[0], op_pos)
-                    pos += 4
-                elif op == 0x68:  # h BINGET
-                    if pos >= end:
-                        self._need(pos, 1)
-                    value = memo.get(data[pos], _MISSING)
-                    if value is _MISSING:
-                        self._memo_get(data[pos])
-                    append(value)
-                    pos += 1
-                elif op == 0x4B:  # K BININT1
-                    if pos >= end:
-                        self._need(pos, 1)
-                    append(data[pos])
-                    pos += 1
-                elif op == 0x28:  # ( MARK
-                    mark(len(stack))
-                elif op == 0x74:  # t TUPLE
-                    if not marks:
-                        self._pop_mark()
-                    at = marks.pop()
-                    value = tuple(stack[at:])
-                    del stack[at:]
-                    append(value)
-                elif op == 0x58:  # X BINUNICODE
-                    if pos + 4 > end:
-                        self._need(pos, 4)
-                    n = _U4(data, pos)[0]
-                    pos += 4
-                    if pos + n > end:
-                        self._need(pos, n)
-                    try:
-                        append(str(data[pos:pos + n], "utf-8", "surrogatepass"))
-                    except UnicodeDecodeError:
-                        self._counted(pos, n, "BINUNICODE", True)
-                    pos += n
-                elif op == 0x52:  # R REDUCE
-                    if len(stack) - (marks[-1] if marks else 0) < 2:
-                        raise _Invalid("unpickling stack underflow")
-                    args = pop()
-                    value = Call(pop(), args, "reduce", op_pos)
-                    add_call(value)
-                    append(value)
-                elif op == 0x71:  # q BINPUT
-                    if pos >= end:
-                        self._need(pos, 1)
-                    if len(memo) < max_memo and len(stack) > (marks[-1] if marks else 0):
-                        memo[data[pos]] = stack[-1]
-                    else:
-                        self._memo_put(data[pos], op_pos)
-                    pos += 1
-                elif op == 0x94:  # MEMOIZE
-                    if len(memo) < max_memo and len(stack) > (marks[-1] if marks else 0):
-                        memo[len(memo)] = stack[-1]
-                    else:
-                        self._memo_put(len(memo), op_pos)
-                elif op == 0x8C:  # SHORT_BINUNICODE
-                    if pos >= end:
-                        self._need(pos, 1)
-                    n = data[pos]
-                    pos += 1
-                    if pos + n > end:
-                        self._need(pos, n)
-                    try:
-                        append(str(data[pos:pos + n], "utf-8", "surrogatepass"))
-                    except UnicodeDecodeError:
-                        self._counted(pos, n, "SHORT_BINUNICODE", True)
-                    pos += n
-                elif op == 0x29:  # ) EMPTY_TUPLE
-                    append(())
-                elif op == 0x85:  # TUPLE1
-                    if len(stack) <= (marks[-1] if marks else 0):
-                        raise _Invalid("unpickling stack underflow")
-                    append((pop(),))
-                elif op == 0x86:  # TUPLE2
-                    if len(stack) - (marks[-1] if marks else 0) < 2:
-                        raise _Invalid("unpickling stack underflow")
-                    value = pop()
-                    append((pop(), value))
-                elif op == 0x51:  # Q BINPERSID
-                    if len(stack) <= (marks[-1] if marks else 0):
-                        raise _Invalid("unpickling stack underflow")
-                    value = PersistentRef(pop(), op_pos)
-                    add_ref(value)
-                    append(value)
-                elif op == 0x89:  # NEWFALSE
-                    append(False)
-                elif op == 0x88:  # NEWTRUE
-                    append(True)
-                elif op == 0x4E:  # N NONE
-                    append(None)
-                elif op == 0x6A:  # j LONG_BINGET
-                    if pos + 4 > end:
-                        self._need(pos, 4)
-                    value = memo.get(_U4(data, pos)[0], _MISSING)
-                    if value is _MISSING:
-                        self._memo_get(_U4(data, pos)[0])
-                    append(value)
-                    pos += 4
-                elif op == 0x4D:  # M BININT2
-                    if pos + 2 > end:
-                        self._need(pos, 2)
-                    append(_U2(data, pos)[0])
-                    pos += 2
-                elif op == 0x4A:  # J BININT
-                    if pos + 4 > end:
-                        self._need(pos, 4)
-                    append(_I4(data, pos)[0])
-                    pos += 4
-                elif op == 0x75:  # u SETITEMS
-                    self._setitems(self._pop_mark(), op_pos)
-                elif op == 0x87:  # TUPLE3
-                    if len(stack) - (marks[-1] if marks else 0) < 3:
-                        raise _Invalid("unpickling stack underflow")
-                    c = pop()
-                    b = pop()
-                    append((pop(), b, c))
-                elif op == 0x2E:  # . STOP
-                    trace.root = _pop_fenced(stack, self.fence)
-                    trace.stopped = True
-                    trace.opcodes = count
-                    return pos
-                else:
-                    pos = self._rare(op, pos)
-        finally:
-            self._op_offset = op_pos  # where an error is reported
+                        pos = self._rare(op, pos)
+                        fence = marks[-1] if marks else 0
+                done += DEADLINE_CHECK_INTERVAL
+                pos += 1  # a budget error reports ``pos - 1``: the opcode the walk stops before
+                self._check_budget(done + fused, limit, pos)
+                pos -= 1
+        except BaseException:
+            self._op_offset = pos - 1  # where the error is reported: the opcode that raised
+            raise
 
     def _check_budget(self, count: int, limit: int, pos: int) -> None:
         if count > limit:
@@ -411,9 +477,10 @@ class Walker:
             raise _Invalid("odd number of items for SETITEMS")
         target = self._top()
         if isinstance(target, dict):
+            key = self._key
             try:
-                for i in range(0, len(items), 2):
-                    target[self._key(items[i], offset)] = items[i + 1]
+                for k, v in zip(items[::2], items[1::2]):
+                    target[k if type(k) is str else key(k, offset)] = v  # _key keeps a str as it is
             except TypeError as exc:
                 raise _Invalid(f"unhashable dict key: {exc}") from None
         elif isinstance(target, Call):
@@ -827,12 +894,23 @@ def walk(data, start: int = 0, end: int | None = None, *, max_opcodes: int = MAX
     stop = len(data) if end is None else min(end, len(data))
     walker = Walker(data, start, stop, max_opcodes=max_opcodes, max_memo=max_memo, deadline=deadline,
                     build_hook=build_hook)
-    # The walk allocates many small objects and frees none of them: the cyclic collector would only
-    # rescan them (5-10% of a scan), so it is paused for the walk and restored after.
+    with collector_paused():
+        return walker.run()
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector; restored after (nested uses are fine).
+
+    A walk allocates many small objects and frees none of them, and the scan of a file keeps its
+    traces until it ends: collections meanwhile only rescan them, and once they are many a full
+    collection rescans the whole heap too (10-15% of a checkpoint scan). The scanner pauses it
+    for each file (``scan_file``); the walk pauses it for callers that walk directly.
+    """
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return walker.run()
+        yield
     finally:
         if collecting:
             gc.enable()
