@@ -27,11 +27,13 @@ class ResnetBlock2D(nn.Module):
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        # in place on the block's own fresh tensors (never on x): the same values, fewer large allocations
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
         if self.time_emb_proj is not None:
-            h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
-        return (self.conv_shortcut(x) if self.conv_shortcut is not None else x) + h
+            h += self.time_emb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h), inplace=True))
+        h += self.conv_shortcut(x) if self.conv_shortcut is not None else x
+        return h
 
 
 class Downsample2D(nn.Module):

@@ -197,7 +197,7 @@ class Pipeline:
 
     # ---- rendering ---------------------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, prompt: str, negative_prompt: str = "", *, steps: int = 20, height: int | None = None,
                  width: int | None = None, seed: int = 0, guidance: float = 7.5, scheduler: str = "euler",
                  image=None, mask=None, depth=None, strength: float = 1.0, image_guidance: float = 1.5,
