@@ -23,6 +23,8 @@ class TensorsafeError(Exception):
 class UnreadableFileError(TensorsafeError):
     """The file could not be opened or read (permissions, missing, I/O error)."""
 
+    rule_id = "IO-01"
+
 
 class ParseError(TensorsafeError):
     """The bytes do not follow the format they claim (pickle, zip, npy, ...)."""

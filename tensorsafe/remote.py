@@ -20,12 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from tensorsafe.blob import Span
-from tensorsafe.errors import LimitExceeded, ParseError, UnreadableFileError
+from tensorsafe.errors import LimitExceeded, UnreadableFileError
 from tensorsafe.limits import ScanLimits
 from tensorsafe.pickles.policy import Policy
 from tensorsafe.pickles.walker import BuildHook, PickleTrace
 from tensorsafe.report import FileResult, Location
-from tensorsafe.scanner import FileScan
+from tensorsafe.scanner import FileScan, findings_for_errors
 from tensorsafe.sniff import ZIP_EOCD_MAGIC, ZIP_EOCD_SEARCH, ZIP_LOCAL_MAGIC
 
 DEFAULT_MAX_REMOTE_BYTES = 64 << 20
@@ -44,6 +44,8 @@ MAX_PREFETCHED_PICKLE = 4 << 20
 
 class RemoteReadError(UnreadableFileError):
     """A range could not be fetched (network or server error, short or wrong answer, budget spent)."""
+
+    rule_id = "IO-03"
 
 
 class RangeSource(Protocol):
@@ -271,20 +273,10 @@ def scan_buffer(name: str, buf: RemoteBuffer, policy: Policy, limits: ScanLimits
     fs.result.size = buf.size
     started = time.perf_counter()
     try:
-        span = Span(buf, 0, buf.size)
-        prefetch_zip(buf, span)
-        fs.scan_span(span, Location(), 0)
-    except RemoteReadError as exc:
-        fs.add("IO-03", exc.message, Location())
-    except UnreadableFileError as exc:
-        fs.add("IO-01", exc.message, Location())
-    except (ParseError, LimitExceeded) as exc:
-        fs.add_error(exc, "ARC-05", Location())
-    except RecursionError:
-        fs.add("ARC-05", "structure nested too deeply to follow", Location())
-    except Exception as exc:  # a bug must never turn into a crash or a clean verdict
-        fs.add("ARC-05", f"internal error while scanning ({type(exc).__name__}: {exc}); the file was not judged",
-               Location())
+        with findings_for_errors(fs):
+            span = Span(buf, 0, buf.size)
+            prefetch_zip(buf, span)
+            fs.scan_span(span, Location(), 0)
     finally:
         buf.close()
     if buf.failed is not None and not any(f.rule_id == "IO-03" for f in fs.result.findings):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -151,21 +152,30 @@ def scan_file(path: str | os.PathLike, policy: Policy = DEFAULT_POLICY, limits: 
     """
     fs = FileScan(os.fspath(path), policy, limits, explain)
     started = time.perf_counter()
-    try:
+    with findings_for_errors(fs):
         with MappedFile(path) as mf, collector_paused():  # see collector_paused: 10-15% of a scan
             fs.result.size = mf.span.size
             fs.scan_span(mf.span, Location(), 0)
+    fs.result.seconds = time.perf_counter() - started
+    return fs.finish()
+
+
+@contextmanager
+def findings_for_errors(fs: FileScan) -> Iterator[None]:
+    """Every error of a file's scan becomes a finding: a bug never turns into a crash or a clean verdict.
+
+    An unreadable file is its error's ``rule_id`` (IO-01 locally, IO-03 for a failed remote read)."""
+    try:
+        yield
     except UnreadableFileError as exc:
-        fs.add("IO-01", exc.message, Location())
+        fs.add(exc.rule_id, exc.message, Location())
     except (ParseError, LimitExceeded) as exc:
         fs.add_error(exc, "ARC-05", Location())
     except RecursionError:
         fs.add("ARC-05", "structure nested too deeply to follow", Location())
-    except Exception as exc:  # a bug must never turn into a crash or a clean verdict
+    except Exception as exc:
         fs.add("ARC-05", f"internal error while scanning ({type(exc).__name__}: {exc}); the file was not judged",
                Location())
-    fs.result.seconds = time.perf_counter() - started
-    return fs.finish()
 
 
 def iter_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
