@@ -400,13 +400,17 @@ def tokenizer_folders(detection: Detection) -> dict[str, bytes]:
 
 # ---- configs from a folder (--config FOLDER) ---------------------------------------------------------------
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path, missing: str = "missing") -> dict:
+    """The JSON object in ``path`` (a config, a model index); a ParseError naming the file otherwise,
+    ``missing`` its message when there is no such file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParseError(missing, path=path) from None
     except (OSError, ValueError) as exc:
-        raise ParseError(f"cannot read config: {exc}", path=path) from None
+        raise ParseError(f"cannot read: {exc}", path=path) from None
     if not isinstance(data, dict):
-        raise ParseError("config is not a JSON object", path=path)
+        raise ParseError("expected a JSON object", path=path)
     return data
 
 
@@ -463,7 +467,7 @@ def configs_from_folder(folder: str | Path, detection: Detection, shapes_by_comp
         if name == "model_index":
             continue
         if path.is_file():
-            out[rel] = _read_json(path)
+            out[rel] = read_json_object(path)
         elif sbc.get(name):
             raise UsageError(f"--config {folder} has no {rel}, but the checkpoint has {name} weights",
                              location=rel)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from tensorsafe.convert.configs import read_json_object
 from tensorsafe.convert.execute import DEFAULT_MAX_SHARD_BYTES, component_tensors, write_weights
 from tensorsafe.convert.output import staged
 from tensorsafe.convert.plan import Op, Plan, Target
@@ -287,12 +288,4 @@ def _markers(names: list[str]) -> list[OutTensor]:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ParseError("missing: not a diffusers folder", path=path) from None
-    except (OSError, ValueError) as exc:
-        raise ParseError(f"cannot read: {exc}", path=path) from None
-    if not isinstance(data, dict):
-        raise ParseError("expected a JSON object", path=path)
-    return data
+    return read_json_object(path, "missing: not a diffusers folder")

@@ -8,7 +8,6 @@ a mismatch is refused with the key, the expected and the found shape.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -21,15 +20,9 @@ MAX_LISTED = 6
 
 
 def read_config(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ParseError("missing: the folder has no config for this component", path=path) from None
-    except (OSError, ValueError) as exc:
-        raise ParseError(f"cannot read: {exc}", path=path) from None
-    if not isinstance(data, dict):
-        raise ParseError("expected a JSON object", path=path)
-    return data
+    from tensorsafe.convert.configs import read_json_object
+
+    return read_json_object(path, "missing: the folder has no config for this component")
 
 
 def read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
