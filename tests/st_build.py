@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import struct
 
 from tensorsafe.header.dtypes import DTYPE_BITS
@@ -48,3 +49,21 @@ def model(tensors: list[tuple[str, str, tuple[int, ...]]], metadata: dict | None
     if metadata is not None:
         header = {"__metadata__": metadata, **header}
     return build(header, size, **kwargs)
+
+
+def edit_randomly(text: str, rng: random.Random, edits: int, inserted: str = '[]{},:"0123456789') -> str:
+    """``edits`` random byte-level edits of a header text: a deletion, an insertion (from ``inserted``),
+    a copied run, or a replacement by a JSON punctuation character or '0'."""
+    for _ in range(edits):
+        i = rng.randrange(len(text))
+        op = rng.randrange(4)
+        if op == 0:
+            text = text[:i] + text[i + 1:]
+        elif op == 1:
+            text = text[:i] + rng.choice(inserted) + text[i:]
+        elif op == 2:
+            j = rng.randrange(len(text))
+            text = text[:i] + text[j:j + rng.randint(1, 12)] + text[i:]
+        else:
+            text = text[:i] + rng.choice('[]{},:"0') + text[i + 1:]
+    return text

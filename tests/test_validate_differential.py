@@ -22,6 +22,7 @@ from tensorsafe.header.layout import RawHeader
 from tensorsafe.header.model import HeaderFormatError
 from tensorsafe.header.validator import read_checked_header, validate_file
 from tests.safetensors_oracle import reference_read
+from tests.st_build import edit_randomly
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                            HealthCheck.too_slow])
@@ -266,18 +267,7 @@ def test_canonical_reader_on_near_canonical_texts(n, seed, edits):
     either refuses the text or reads it exactly as the character-level reader does."""
     rng = random.Random(seed)
     text = _canonical_text(n, rng)
-    for _ in range(edits):
-        i = rng.randrange(len(text))
-        op = rng.randrange(4)
-        if op == 0:
-            text = text[:i] + text[i + 1:]
-        elif op == 1:
-            text = text[:i] + rng.choice('[]{},:"0123456789') + text[i:]
-        elif op == 2:
-            j = rng.randrange(len(text))
-            text = text[:i] + text[j:j + rng.randint(1, 12)] + text[i:]
-        else:
-            text = text[:i] + rng.choice('[]{},:"0') + text[i + 1:]
+    text = edit_randomly(text, rng, edits)
     assert _outcome(text, True) == _outcome(text, False)
 
 

@@ -23,7 +23,7 @@ from tensorsafe.header.dtypes import DTYPE_BITS
 from tensorsafe.header.layout import FileSource
 from tensorsafe.header.validator import check_source, validate_file
 from tensorsafe.pickles.walker import walk
-from tests.st_build import build, entries, model
+from tests.st_build import build, edit_randomly, entries, model
 from tests.test_validate_differential import files
 
 SETTINGS = settings(max_examples=250, deadline=None,
@@ -121,18 +121,7 @@ def test_near_canonical_headers(tmp_path_factory, n, seed, edits):
                for i in range(n)]
     header, size = entries(tensors)
     text = json.dumps({"__metadata__": {"format": "pt"}} | header, separators=(",", ":"))
-    for _ in range(edits):
-        i = rng.randrange(len(text))
-        op = rng.randrange(4)
-        if op == 0:
-            text = text[:i] + text[i + 1:]
-        elif op == 1:
-            text = text[:i] + rng.choice('[]{},:"0123456789 \\') + text[i:]
-        elif op == 2:
-            j = rng.randrange(len(text))
-            text = text[:i] + text[j:j + rng.randint(1, 12)] + text[i:]
-        else:
-            text = text[:i] + rng.choice('[]{},:"0') + text[i + 1:]
+    text = edit_randomly(text, rng, edits, inserted='[]{},:"0123456789 \\')
     size += rng.choice([0, 0, 0, 1, -1])
     path = _write(tmp_path_factory, build(text, max(0, size)))
     result = _agree(path)
