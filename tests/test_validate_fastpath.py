@@ -113,6 +113,7 @@ def test_writer_layouts_under_random_limits(tmp_path_factory, tensors, metadata,
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.sampled_from([1, 3, 9, 120]), seed=st.integers(0, 2**32), edits=st.integers(0, 3))
+@example(n=1, seed=4_190_503_919, edits=1)  # regression: '},5"layer.0.w"' after the metadata was taken for clean
 def test_near_canonical_headers(tmp_path_factory, n, seed, edits):
     """Byte edits of a writer's header, small and big (the numpy branch), length kept consistent:
     whatever an edit breaks, the fast path never calls the file clean alone."""
@@ -127,6 +128,18 @@ def test_near_canonical_headers(tmp_path_factory, n, seed, edits):
     result = _agree(path)
     if not edits and size == entries(tensors)[1]:  # the writer's own form: decided here when clean
         assert (result is not None) == (not _full_issues(path, HeaderLimits()))
+
+
+@pytest.mark.parametrize("between, malformed", [("5", True), ("0", True), ("]", True), (" ", False)])
+def test_anything_between_metadata_and_the_first_name_is_left_to_the_full_check(tmp_path_factory, between,
+                                                                                 malformed):
+    """Regression: the piece between the metadata's '},' and the first tensor name was not checked."""
+    header, size = entries([("layer.0.w", "U8", (5, 2))])
+    for metadata in ('{"format":"pt"}', "{}"):
+        body = json.dumps(header, separators=(",", ":"))[1:]
+        path = _write(tmp_path_factory, build('{"__metadata__":' + metadata + "," + between + body, size))
+        assert fastpath.clean_size(str(path), HeaderLimits()) is None
+        assert bool(validate_file(path).findings) == malformed
 
 
 # -- the writer's form takes the fast path --------------------------------------------------------

@@ -168,6 +168,8 @@ def _header_clean(text: str, data_size: int, limits: HeaderLimits) -> bool:
             return False
         pairs = match.group(1)
         first = pairs.count('"') + 3  # '{', '__metadata__', ':{', 4 pieces a pair, '},' (or ':{},')
+        if parts[first - 1] != ("}," if pairs else ":{},"):  # nothing may stand before the first name
+            return False
         if pairs:
             keys = parts[3:first:4]
             if len(set(keys)) != len(keys):  # F08
