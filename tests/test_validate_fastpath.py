@@ -39,14 +39,17 @@ def _full_issues(path, limits: HeaderLimits) -> list:
 
 
 def _agree(path, limits: HeaderLimits = HeaderLimits()) -> int | None:
-    """The fast path's answer, after checking it is sound; returns it."""
-    size = fastpath.clean_size(str(path), limits)
-    if size is not None:
+    """The Python fast path's answer, after checking it and the compiled one (where built) are
+    sound, and that the compiled one decides no file the Python one leaves open; returns it."""
+    size = fastpath.python_clean_size(str(path), limits)
+    compiled = fastpath.clean_size(str(path), limits) if fastpath.native is not None else None
+    for decided in {size, compiled} - {None}:
         issues = _full_issues(path, limits)
         assert issues == [], f"fast path said clean, full check found {issues}: {path.read_bytes()[:400]!r}"
-        assert size == path.stat().st_size
+        assert decided == path.stat().st_size
         result = validate_file(path, limits)
-        assert result.size == size and result.findings == []
+        assert result.size == decided and result.findings == []
+    assert compiled is None or compiled == size, "the compiled checks decided a file the Python ones leave open"
     return size
 
 

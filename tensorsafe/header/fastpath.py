@@ -29,6 +29,11 @@ passes:
 Any doubt returns ``None`` and the caller runs the full validator, which also writes the findings.
 ``tests/test_validate_fastpath.py`` checks, on generated and hostile files, that a file gets a size
 here only when the full validator reports nothing, and that writer-made files do get one.
+
+The same checks are also compiled (``_native_fastpath.c``, built at install where a C compiler is
+found): :func:`clean_size` asks it first and runs the Python checks only when it does not decide,
+so the Python form stays the reference and the fallback. ``tests/test_validate_native.py`` holds
+the compiled form to the same soundness test and to deciding no file the Python form does not.
 """
 from __future__ import annotations
 
@@ -48,6 +53,11 @@ from tensorsafe.header.layout import LENGTH_BYTES, MAX_HEADER_BYTES
 from tensorsafe.header.limits import HeaderLimits
 from tensorsafe.header.offsets import U64_MAX
 from tensorsafe.header.policy_rules import metadata_issues
+
+try:
+    from tensorsafe.header import _native_fastpath as native
+except ImportError:  # built without a C compiler: the Python checks alone
+    native = None
 
 FIRST_READ = 64 * 1024
 """Bytes read at once from the front: a small file whole, the header of most files."""
@@ -100,6 +110,33 @@ def clean_size(path: str, limits: HeaderLimits) -> int | None:
     """The file's size when every header rule passes on it (no finding at all), else ``None``.
 
     ``None`` means only "not decided here": the file may be clean, bad, or unreadable."""
+    if native is not None:
+        size = native.clean_size(path, limits)
+        if size is not None:
+            return size if size > 0 else _front_is_no_pickle(path, -size)
+    return python_clean_size(path, limits)
+
+
+def _front_is_no_pickle(path: str, size: int) -> int | None:
+    """``size`` when the file's front does not walk as a pickle (ST-P08), else ``None``; for files
+    the compiled checks passed but whose first bytes may start a pickle stream."""
+    try:
+        fd = os.open(path, _O_FLAGS)
+    except (OSError, ValueError):
+        return None
+    try:
+        head = os.pread(fd, FIRST_READ, 0)
+        if os.fstat(fd).st_size != size or len(head) < LENGTH_BYTES:
+            return None
+        return size if polyglot.pickle_at_front(_Front(fd, head, size), _U64(head)[0]) is None else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def python_clean_size(path: str, limits: HeaderLimits) -> int | None:
+    """:func:`clean_size` in Python alone."""
     try:
         fd = os.open(path, _O_FLAGS)
     except (OSError, ValueError):
@@ -214,6 +251,16 @@ def _header_clean(text: str, data_size: int, limits: HeaderLimits) -> bool:
     if any(map(mod, ends, map(_ALIGN.__getitem__, dtypes[1:]))):  # A02: tensor i+1 starts at ends[i]
         return _unaligned_are_empty(ends, sizes[1:], dtypes[1:])
     return True
+
+
+def configure_native() -> None:
+    """Hand the compiled checks the facts they share with these (the modules here own them)."""
+    native.configure(bytes(b in _CANNOT_START for b in range(256)), _PROTO, FIRST_READ, MAX_HEADER_BYTES,
+                     WRITER_ALIGNMENT, EOCD_SEARCH, DEPTH_WITH_TENSORS, DTYPE_BITS, _LOADER_LIMITED)
+
+
+if native is not None:
+    configure_native()
 
 
 def _unaligned_are_empty(begins, sizes, dtypes) -> bool:
