@@ -27,13 +27,15 @@ from tests.test_validate_fastpath import LIMITS, METADATA, TENSORS, _agree, _siz
 
 native = fastpath.native
 COMPILER = sysconfig.get_config_var("CC") or "cc"
+HEADERS = os.path.join(sysconfig.get_paths()["include"], "Python.h")
 
 
 def test_built_where_a_compiler_is():
     """An install with a C compiler builds the compiled checks (setup.py marks them optional only
     so that an install without one still works, on the Python checks)."""
-    if shutil.which(COMPILER.split()[0]) is None:
-        pytest.skip(f"no C compiler ({COMPILER}) on this machine: the Python checks are the fast path here")
+    if shutil.which(COMPILER.split()[0]) is None or not os.path.exists(HEADERS):
+        pytest.skip(f"no C compiler ({COMPILER}) or no Python headers ({HEADERS}) here: the Python checks "
+                    "are the fast path")
     assert native is not None, "a C compiler is here but tensorsafe.header._native_fastpath was not built"
 
 
