@@ -258,3 +258,21 @@ def test_the_first_opcodes_the_shortcut_refutes():
     assert {ord(c) for c in "phgjqr"} <= refuted  # memo and stack opcodes: nothing to read or store yet
     assert not polyglot.cannot_be_pickle(b"(\x00\x00") and not polyglot.cannot_be_pickle(b"]\x00\x00")
     assert polyglot.cannot_be_pickle(b"\x80\x02\x00") and not polyglot.cannot_be_pickle(b"\x80\x02]")
+
+
+# -- tensorsafe scan ----------------------------------------------------------------------------------
+def test_scan_decides_clean_files_by_the_fast_path_and_the_rest_by_the_full_check(tmp_path, monkeypatch):
+    from tensorsafe.header import scan_hook
+    from tensorsafe.scanner import scan_file
+
+    clean = tmp_path / "clean.bin"  # found by its bytes, whatever its name
+    clean.write_bytes(model([("w", "F16", (4, 4))], {"format": "pt"}))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(model([("w", "F16", (4, 4))], {"format": "pt"})[:-2])
+    full_checks = []
+    real = scan_hook.check_source
+    monkeypatch.setattr(scan_hook, "check_source", lambda span, limits: full_checks.append(span) or real(span, limits))
+    result = scan_file(clean)
+    assert (result.kind, result.findings, full_checks) == ("safetensors", [], [])
+    result = scan_file(bad)
+    assert len(full_checks) == 1 and [f.rule_id for f in result.findings] == ["ST-F18"]
