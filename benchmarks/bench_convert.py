@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--breakdown-only", action="store_true", help="only the phase breakdown (no timed table)")
     ap.add_argument("--breakdown-variant", default="default", choices=["default", "no-kernel-copy", "keep-mapped"],
                     help="no-kernel-copy: without copy_file_range (the user-space path); keep-mapped: source pages "
-                         "not released")
+                         "of the user-space path not released")
     ap.add_argument("--baseline-tree", type=Path, default=None,
                     help="a folder holding another copy of the tensorsafe package (e.g. before a change): its "
                          "convert runs too, interleaved, for a before/after in one run")

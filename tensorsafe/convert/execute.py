@@ -43,8 +43,8 @@ def _file_ranges(t: Target, srcs: list[Located]) -> tuple[FileRange, ...] | None
         ref = srcs[0].ref
         a, b = t.rows
         row_bytes = ref.nbytes // ref.shape[0]
-        return (FileRange(srcs[0].fd, ref.byte_offset + a * row_bytes, (b - a) * row_bytes, srcs[0].buf),)
-    return tuple(FileRange(s.fd, s.ref.byte_offset, s.ref.nbytes, s.buf) for s in srcs)
+        return (FileRange(srcs[0].fd, ref.byte_offset + a * row_bytes, (b - a) * row_bytes),)
+    return tuple(FileRange(s.fd, s.ref.byte_offset, s.ref.nbytes) for s in srcs)
 
 
 def _check_shape(t: Target, srcs: list[Located]) -> None:

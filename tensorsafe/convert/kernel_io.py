@@ -1,4 +1,4 @@
-"""In-kernel byte moves for the writer, both optional speed-ups that change no byte of the output.
+"""In-kernel byte moves for the writer, optional speed-ups that change no byte of the output.
 
 - ``copy_file_range``: a tensor whose bytes are plain ranges of a source file (no dtype change, no
   transpose, a contiguous source) is copied by the kernel from page cache to page cache, with no
@@ -6,7 +6,9 @@
   kernel, a platform without the call), the writer falls back to writing the bytes itself.
 - ``sync_file_range(SYNC_FILE_RANGE_WRITE)``: write-back of what has been written starts every
   few tens of MB, so the disk works while we copy and the closing ``fsync`` (which still makes
-  the file durable) waits for the tail only. Advice: any refusal is ignored.
+  the file durable) waits for the tail only. Advice: any refusal is ignored. When the output is
+  verified, the checker thread starts it behind each checked tensor, off the copying thread.
+- ``fallocate``: the output's blocks are reserved before the copy (see :func:`preallocate`).
 """
 from __future__ import annotations
 
@@ -27,13 +29,11 @@ UNSUPPORTED = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOT
 
 @dataclass(frozen=True)
 class FileRange:
-    """``nbytes`` at ``offset`` of an open source file; ``buf`` is the same file memory-mapped
-    (what verification compares the output against)."""
+    """``nbytes`` at ``offset`` of an open source file (what verification compares the output against)."""
 
     fd: int
     offset: int
     nbytes: int
-    buf: object
 
 
 class KernelCopy:
@@ -82,24 +82,59 @@ class Writeback:
             self.started = end
 
 
-_SYNC_FILE_RANGE: list = []
-
-
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """libc's ``sync_file_range`` through ctypes (Python's os module lacks it); None off Linux."""
-    if not _SYNC_FILE_RANGE:
+    return _libc("sync_file_range", "c_int", "c_int64", "c_int64", "c_uint")
+
+
+# Errors of fallocate(2) that mean the space is not there: raised, before any byte is copied.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def preallocate(fd: int, size: int, path: str | os.PathLike | None = None) -> None:
+    """Reserve the blocks of a new ``size``-byte file up front (Linux ``fallocate(2)``, mode 0).
+
+    The copy then writes into allocated extents instead of reserving space page by page (ext4's
+    delayed allocation: 0.1 to 0.3 s of a 2 s SD1.5 conversion, measured), and a full disk shows here,
+    before anything is copied. It is not glibc's ``posix_fallocate``, which writes zeros where the
+    filesystem cannot allocate: a refusal other than "no space" is ignored. No byte of the file changes.
+    """
+    code = _fallocate(fd, size) if size > 0 else 0
+    if code in NO_SPACE:
+        raise OSError(code, os.strerror(code), None if path is None else os.fspath(path))
+
+
+def _fallocate(fd: int, size: int) -> int:
+    """``fallocate(fd, 0, 0, size)``: 0, or the errno of the refusal (ENOSYS where there is no such call)."""
+    fn = _libc("fallocate64", "c_int", "c_int", "c_int64", "c_int64")
+    if fn is None:
+        return errno.ENOSYS
+    if fn(fd, 0, 0, size) == 0:
+        return 0
+    import ctypes
+
+    return ctypes.get_errno()
+
+
+_LIBC: dict[str, Callable | None] = {}
+
+
+def _libc(name: str, *argtypes: str) -> Callable | None:
+    """A libc function through ctypes (argument types named as ctypes attributes), returning int and
+    setting errno; None off Linux or where libc lacks it. Looked up once per process."""
+    if name not in _LIBC:
         fn = None
         if sys.platform.startswith("linux"):
             try:
                 import ctypes
 
-                fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                fn = getattr(ctypes.CDLL(None, use_errno=True), name)
+                fn.argtypes = [getattr(ctypes, t) for t in argtypes]
                 fn.restype = ctypes.c_int
             except (OSError, AttributeError, ImportError):
                 fn = None
-        _SYNC_FILE_RANGE.append(fn)
-    return _SYNC_FILE_RANGE[0]
+        _LIBC[name] = fn
+    return _LIBC[name]
 
 
 def pwrite_all(fd: int, data, pos: int) -> int:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from tensorsafe.convert.kernel_io import FileRange, KernelCopy, Writeback, pwrite_all
+from tensorsafe.convert.kernel_io import FileRange, KernelCopy, Writeback, preallocate, pwrite_all
 from tensorsafe.errors import ParseError
 from tensorsafe.tensors import DType
 
@@ -87,16 +86,20 @@ def write_safetensors(path: str | os.PathLike, tensors: Iterable[OutTensor], met
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         kernel, writeback = KernelCopy(kernel_copy), Writeback(fd)
+        os.ftruncate(fd, size)  # the final size first: the header check reads it, fallocate fills it
+        preallocate(fd, size, path)  # a full disk shows here, before any copy
         pos = pwrite_all(fd, head, 0)
-        os.ftruncate(fd, size)  # the final size first, so the checker can map the whole file from the start
-        with ThreadPoolExecutor(1) as pool, Checker(fd, size, path, enabled=verify) as checker:
+        # verified: the checker starts write-back behind each checked tensor; else this thread does
+        wrote = None if verify else writeback.wrote
+        with ThreadPoolExecutor(1) as pool, \
+                Checker(fd, path, enabled=verify, writeback=writeback.wrote if verify else None) as checker:
             for t in ordered:
-                if t.ranges is not None and kernel.copy(fd, t.ranges, pos, writeback.wrote):
+                if t.ranges is not None and kernel.copy(fd, t.ranges, pos, wrote):
                     digest = None
                     if progress is not None and t.nbytes:
                         progress(t.nbytes)
                 else:
-                    digest = _write_pieces(fd, t, pos, pool, writeback, progress, path)
+                    digest = _write_pieces(fd, t, pos, pool, wrote, progress, path)
                 written.append(Written(t.name, pos, t.nbytes, digest, t.ranges if digest is None else None,
                                        t.dtype.name, t.shape))
                 checker.submit(written[-1])
@@ -108,7 +111,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Iterable[OutTensor], met
     return written
 
 
-def _write_pieces(fd: int, t: OutTensor, pos: int, pool: ThreadPoolExecutor, writeback: Writeback,
+def _write_pieces(fd: int, t: OutTensor, pos: int, pool: ThreadPoolExecutor, wrote: Callable[[int], None] | None,
                   progress: Callable[[int], None] | None, path) -> bytes:
     """Write a tensor's pieces at ``pos``; returns the CRC-32 of what was sent."""
     # CRC-32 (zlib, about 4x faster than blake2b): enough to catch a wrong or short write. It runs on a
@@ -120,7 +123,8 @@ def _write_pieces(fd: int, t: OutTensor, pos: int, pool: ThreadPoolExecutor, wri
         pwrite_all(fd, piece, pos + n)
         crc = job.result()
         n += len(piece)
-        writeback.wrote(pos + n)
+        if wrote is not None:
+            wrote(pos + n)
         if progress is not None:
             progress(len(piece))
     if n != t.nbytes:
@@ -128,19 +132,14 @@ def _write_pieces(fd: int, t: OutTensor, pos: int, pool: ThreadPoolExecutor, wri
     return crc.to_bytes(4, "little")
 
 
-def verify_written(path: str | os.PathLike, written: list[Written], chunk: int = 16 << 20) -> None:
+def verify_written(path: str | os.PathLike, written: list[Written], chunk: int | None = None) -> None:
     """Check the file as written: its header parses and places each tensor where it was written (with
     its dtype and shape), the file ends where the last tensor does, each kernel-copied tensor's bytes
     equal its source ranges, and each written tensor's bytes have the CRC-32 of what was sent."""
-    from tensorsafe.convert.verify import check_header, check_tensor
+    from tensorsafe.convert.verify import CHUNK, ReadBack, check_header, check_tensor
 
     with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        check_header(fh, size, written, path)
-        out = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        try:
-            for w in written:
-                check_tensor(out, w, path, chunk)
-        finally:
-            if size:
-                out.close()
+        check_header(fh, os.fstat(fh.fileno()).st_size, written, path)
+        readback = ReadBack(chunk or CHUNK)
+        for w in written:
+            check_tensor(fh.fileno(), w, path, readback)
