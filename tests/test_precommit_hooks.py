@@ -64,9 +64,9 @@ def _git(cwd: Path, *args: str) -> str:
 def _snapshot_of_this_checkout(dest: Path) -> str:
     """The working tree's package as a one-commit repository (pre-commit clones a `repo:` at a `rev:`)."""
     dest.mkdir()
-    for name in ("pyproject.toml", "README.md", ".pre-commit-hooks.yaml"):
+    for name in ("pyproject.toml", "setup.py", "README.md", ".pre-commit-hooks.yaml"):
         shutil.copy2(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "tensorsafe", dest / "tensorsafe", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(ROOT / "tensorsafe", dest / "tensorsafe", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
     _git(dest, "init", "-q")
     _git(dest, "add", "-A")
     _git(dest, "commit", "-q", "-m", "snapshot")
