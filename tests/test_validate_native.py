@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from tensorsafe.header import HeaderLimits, fastpath, polyglot
 from tensorsafe.header.validator import validate_file
-from tests.st_build import build, edit_randomly, entries, model
+from tests.st_build import edit_randomly, entries, model
 from tests.test_validate_fastpath import LIMITS, METADATA, TENSORS, _agree, _sized
 
 native = fastpath.native
