@@ -124,7 +124,6 @@ def test_every_dtype_and_the_loader_limited_ones(tmp_path):
 
 @needs_native
 def test_a_front_that_may_start_a_pickle_is_walked(tmp_path, monkeypatch):
-    data = model([("w", "U8", (3,))], {"pad": ""})
     for k in range(64):
         data = model([("w", "U8", (3,))], {"pad": "x" * k})
         if _front_needs_a_walk(data):

@@ -31,9 +31,10 @@ Any doubt returns ``None`` and the caller runs the full validator, which also wr
 here only when the full validator reports nothing, and that writer-made files do get one.
 
 The same checks are also compiled (``_native_fastpath.c``, built at install where a C compiler is
-found): :func:`clean_size` asks it first and runs the Python checks only when it does not decide,
-so the Python form stays the reference and the fallback. ``tests/test_validate_native.py`` holds
-the compiled form to the same soundness test and to deciding no file the Python form does not.
+found): :func:`clean_size` then asks it alone (its "don't know" goes straight to the full
+validator), and the Python form stays the reference and the fallback. ``tests/test_validate_native.py``
+holds the compiled form to the same soundness test and to deciding exactly the files the Python
+form decides.
 """
 from __future__ import annotations
 
@@ -110,11 +111,10 @@ def clean_size(path: str, limits: HeaderLimits) -> int | None:
     """The file's size when every header rule passes on it (no finding at all), else ``None``.
 
     ``None`` means only "not decided here": the file may be clean, bad, or unreadable."""
-    if native is not None:
-        size = native.clean_size(path, limits)
-        if size is not None:
-            return size if size > 0 else _front_is_no_pickle(path, -size)
-    return python_clean_size(path, limits)
+    if native is None:
+        return python_clean_size(path, limits)
+    size = native.clean_size(path, limits)  # "don't know" is final: the Python form decides the same files
+    return size if size is None or size > 0 else _front_is_no_pickle(path, -size)
 
 
 def _front_is_no_pickle(path: str, size: int) -> int | None:
