@@ -31,6 +31,20 @@ def _size(value: str | None) -> int | tuple[int, int] | None:
     return width if width == height else (width, height)
 
 
+UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _memory(value: str | None) -> int | None:
+    """``--max-memory``: bytes, or a number with K, M, G or T (powers of 1024, an optional B or iB)."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*", value)
+    if not match or float(match.group(1)) * UNITS[match.group(2).lower()] < 1:
+        raise click.BadParameter("use a size in bytes, or with K, M, G or T, e.g. 6G or 512MiB",
+                                 param_hint="--max-memory")
+    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+
+
 def _progress(quiet: bool):
     if quiet or not sys.stderr.isatty():
         return None
@@ -72,17 +86,23 @@ def _progress(quiet: bool):
               help="Single files: where the weights cannot tell (SD2 512 vs 768-v).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="PNG file to write (prompt and settings go in its text chunks).")
+@click.option("--max-memory", help="Refuse a render whose estimated memory is over this (bytes, or e.g. 6G) "
+              "[default: half the RAM; 90% of the GPU's memory with --device cuda].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def render_command(path: Path, prompt: str, negative_prompt: str, steps: int, size: str | None, seed: int,
                    guidance: float, scheduler: str, device: str, dtype: str, strength: float,
                    config_folder: str | None, model_type: str | None, prediction_type: str | None, output: Path,
-                   quiet: bool) -> None:
+                   max_memory: str | None, quiet: bool) -> None:
     """Render a picture with a converted diffusers folder or a single-file checkpoint.
 
     A quick check that a conversion works: tensorsafe's own reference pipeline (torch, no
     diffusers) loads the weights with the safe readers and renders the prompt. A single file
     is converted into a temporary folder first. Inpainting, depth and refiner models get a
     generated input picture. Needs the render extra: pip install 'tensorsafe[render]'.
+
+    Every option and config value is checked against its sane range, and the render's memory is
+    estimated from the configs, the weights' headers and the size, before anything is allocated:
+    a render over --max-memory is refused with one line and exit code 2.
 
     \b
     Examples:
@@ -91,12 +111,13 @@ def render_command(path: Path, prompt: str, negative_prompt: str, steps: int, si
           --device cuda --dtype fp16 -o lighthouse.png
     """
     require_render_extra()
+    max_memory_bytes = _memory(max_memory)
     from tensorsafe.pipeline import render
 
     image = render(path, prompt, negative_prompt, steps=steps, size=_size(size), seed=seed, guidance=guidance,
                    scheduler=scheduler, device=device, dtype=dtype, strength=strength, output=output,
                    config=config_folder, model_type=model_type, prediction_type=prediction_type,
-                   progress=_progress(quiet))
+                   progress=_progress(quiet), max_memory_bytes=max_memory_bytes)
     if not quiet:
         click.echo(f"rendered {path} -> {output} ({image.width}x{image.height}, {steps} steps, {scheduler}, "
                    f"seed {seed})")

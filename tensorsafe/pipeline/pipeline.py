@@ -17,16 +17,18 @@ import torch
 import torch.nn.functional as F
 
 from tensorsafe.errors import ParseError, UsageError
+from tensorsafe.pipeline import budget
 from tensorsafe.pipeline import text_encoder as te
+from tensorsafe.pipeline.preflight import ENCODERS, read_folder_configs
 from tensorsafe.pipeline.schedulers import make_scheduler
 from tensorsafe.pipeline.tokenizer import CLIPTokenizer
 from tensorsafe.pipeline.unet import UNet2DConditionModel
 from tensorsafe.pipeline.vae import AutoencoderKL, canonical_state, draw_noise
-from tensorsafe.pipeline.weights import load_module, read_config, read_tensors
+from tensorsafe.pipeline.validate import check_options, check_side
+from tensorsafe.pipeline.weights import load_module, read_tensors
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5   # SDXL refiner defaults in diffusers
 DEFAULT_SAMPLE_SIZE = 64
 
@@ -90,29 +92,30 @@ class Pipeline:
 
     @classmethod
     def from_folder(cls, path: str | Path, *, device: str | torch.device = "cpu",
-                    dtype: str | torch.dtype = "fp32") -> "Pipeline":
+                    dtype: str | torch.dtype = "fp32") -> Pipeline:
         """Load a diffusers folder (as ``tensorsafe convert`` writes it) with the safe readers."""
         root, device, dtype = Path(path), torch_device(device), torch_dtype(dtype)
         if not root.is_dir():
             raise UsageError(f"{root} is not a diffusers folder", path=root)
-        model_index = read_config(root / "model_index.json") if (root / "model_index.json").is_file() else {}
-        unet_cfg = read_config(root / "unet" / "config.json")
-        unet = _load(root, "unet", lambda: UNet2DConditionModel(unet_cfg), device, dtype)
-        vae_cfg = read_config(root / "vae" / "config.json")
-        # diffusers decodes SDXL-style VAEs (force_upcast) in fp32 when the pipeline is fp16: fp16 overflows
-        vae_dtype = torch.float32 if dtype == torch.float16 and vae_cfg.get("force_upcast", True) else dtype
-        vae = _load(root, "vae", lambda: AutoencoderKL(vae_cfg), device, vae_dtype, canonical_state)
-        encoders = []
+        configs = read_folder_configs(root)  # every config checked before anything is built or read
+        tokenizers = {}
         for name, tok in ENCODERS:
-            if (root / name / "config.json").is_file():
-                cfg = read_config(root / name / "config.json")
-                model = _load(root, name, lambda: te.CLIPTextModel(cfg), device, dtype, _text_state)
+            if name in configs.text_encoders:
                 tokenizer = CLIPTokenizer.from_folder(root / tok if (root / tok).is_dir() else None)
-                encoders.append(TextEncoderSlot(name, tokenizer, model))
-        if not encoders:
-            raise ParseError("the folder has no text encoder (text_encoder/ or text_encoder_2/)", path=root)
-        scheduler_cfg = read_config(root / "scheduler" / "scheduler_config.json")
-        return cls(unet, vae, encoders, scheduler_cfg, model_index, device, dtype)
+                positions = configs.text_encoders[name]["max_position_embeddings"]
+                if tokenizer.special.max_length > positions:
+                    raise ParseError(f"{tok}: model_max_length {tokenizer.special.max_length} is over the text "
+                                     f"encoder's max_position_embeddings {positions}", path=root / tok)
+                tokenizers[name] = tokenizer
+        unet = _load(root, "unet", lambda: UNet2DConditionModel(configs.unet), device, dtype)
+        # diffusers decodes SDXL-style VAEs (force_upcast) in fp32 when the pipeline is fp16: fp16 overflows
+        vae_dtype = torch.float32 if dtype == torch.float16 and configs.vae["force_upcast"] else dtype
+        vae = _load(root, "vae", lambda: AutoencoderKL(configs.vae), device, vae_dtype, canonical_state)
+        encoders = []
+        for name, cfg in configs.text_encoders.items():
+            model = _load(root, name, lambda c=cfg: te.CLIPTextModel(c), device, dtype, _text_state)
+            encoders.append(TextEncoderSlot(name, tokenizers[name], model))
+        return cls(unet, vae, encoders, configs.scheduler, configs.model_index, device, dtype)
 
     # ---- facts -------------------------------------------------------------------------------------------
 
@@ -201,12 +204,18 @@ class Pipeline:
     def __call__(self, prompt: str, negative_prompt: str = "", *, steps: int = 20, height: int | None = None,
                  width: int | None = None, seed: int = 0, guidance: float = 7.5, scheduler: str = "euler",
                  image=None, mask=None, depth=None, strength: float = 1.0, image_guidance: float = 1.5,
-                 progress=None) -> Rendered:
+                 progress=None, max_memory_bytes: int | None = None) -> Rendered:
         """Render one image. ``image`` and ``mask`` are PIL images, ``depth`` a 2-D array (larger is nearer):
         img2img (SDXL refiner) and pix2pix take ``image``, inpaint ``image`` and ``mask``, depth ``image``
-        and ``depth``; ``strength`` < 1 keeps part of an img2img/depth input, ``image_guidance`` is pix2pix's."""
+        and ``depth``; ``strength`` < 1 keeps part of an img2img/depth input, ``image_guidance`` is pix2pix's.
+
+        Options out of their sane range, and a render whose memory estimate is over ``max_memory_bytes``
+        (default: see :mod:`tensorsafe.pipeline.budget`), are refused before anything is allocated."""
+        check_options(steps=steps, guidance=guidance, seed=seed, strength=strength, prompt=prompt,
+                      negative_prompt=negative_prompt, max_memory_bytes=max_memory_bytes)
         task = self.task
         height, width = self._size(height, width, image)
+        budget.require_within(self.estimate(width, height, guidance), max_memory_bytes, str(self.device))
         sched = make_scheduler(scheduler, self.scheduler_config)
         sched.set_timesteps(steps)
         start = _start_index(task, steps, strength)
@@ -258,14 +267,25 @@ class Pipeline:
     # ---- inputs ------------------------------------------------------------------------------------------
 
     def _size(self, height: int | None, width: int | None, image) -> tuple[int, int]:
-        if image is not None and (height is None or width is None):
-            f = self.vae.scale_factor
-            width, height = width or image.size[0] // f * f, height or image.size[1] // f * f
-        height, width = height or self.default_size(), width or self.default_size()
         f = self.vae.scale_factor
-        if height % f or width % f or height <= 0 or width <= 0:
-            raise UsageError(f"size must be a positive multiple of {f} on each side, not {width}x{height}")
-        return height, width
+        if image is not None:
+            width = image.size[0] // f * f if width is None else width
+            height = image.size[1] // f * f if height is None else height
+        height = self.default_size() if height is None else height
+        width = self.default_size() if width is None else width
+        return check_side("height", height, f), check_side("width", width, f)
+
+    def estimate(self, width: int, height: int, guidance: float) -> budget.Estimate:
+        """The memory a render at this size needs, with the weights as loaded (:mod:`tensorsafe.pipeline.budget`)."""
+        loaded = sum(p.numel() * p.element_size() for m in (self.unet, self.vae, *(s.model for s in self.encoders))
+                     for p in m.parameters())
+        copies = Guidance(guidance, 1.5 if self.task == "pix2pix" else None).copies
+        act, vae_act = budget.activation_bytes(self.device.type, torch.finfo(self.dtype).bits // 8,
+                                               torch.finfo(self.vae_dtype).bits // 8)
+        return budget.estimate(unet=self.unet.config, vae=self.vae.config,
+                               text_encoders=[dict(s.model.config) for s in self.encoders],
+                               weights=[budget.Weights(0, loaded)], width=width, height=height, copies=copies,
+                               dtype_bytes=act, vae_dtype_bytes=vae_act)
 
     def _time_ids(self, height: int, width: int, cfg: bool) -> torch.Tensor | None:
         n = self._time_ids_count()

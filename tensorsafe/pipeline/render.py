@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from tensorsafe.errors import RenderError, UsageError
+from tensorsafe.errors import RenderError, TensorsafeError, UsageError
+from tensorsafe.pipeline.configs import read_config
+from tensorsafe.pipeline.preflight import plan_render
+from tensorsafe.pipeline.validate import check_options, check_side
 
 SCHEDULER_NAMES = {"euler": "Euler", "ddim": "DDIM"}
 CHECK_PROMPT = "a photo of an astronaut riding a horse on the moon"
@@ -28,27 +31,46 @@ def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, s
            size: int | tuple[int, int] | None = None, seed: int = 0, guidance: float = 7.5, scheduler: str = "euler",
            device: str = "cpu", dtype: str = "fp32", strength: float = 1.0, output: str | os.PathLike | None = None,
            config: str | os.PathLike | None = None, model_type: str | None = None,
-           prediction_type: str | None = None, progress: Callable[[int, int], None] | None = None):
+           prediction_type: str | None = None, progress: Callable[[int, int], None] | None = None,
+           max_memory_bytes: int | None = None):
     """Render ``prompt`` with the model at ``path`` and return a ``PIL.Image`` (written to ``output`` if given).
 
     ``size`` is one side or ``(width, height)``, default the model's native size; ``config``,
     ``model_type`` and ``prediction_type`` are passed to the converter for single files.
-    """
-    from tensorsafe.pipeline.pipeline import Pipeline
 
+    Before torch builds or allocates anything, every config value and option is checked against
+    its sane range and the render's memory is estimated from the configs, the safetensors headers
+    and the size (:mod:`tensorsafe.pipeline.budget`): a render over ``max_memory_bytes`` (default
+    half the RAM, or 90% of the GPU's memory on CUDA) is refused with :class:`LimitExceeded`, a bad
+    option with :class:`UsageError`, a bad config with :class:`ParseError` naming the file.
+    """
     src = Path(path)
     if not src.exists():
         raise UsageError(f"{src} does not exist", path=src)
-    if steps < 1:
-        raise UsageError(f"steps must be at least 1, not {steps}")
+    check_options(steps=steps, guidance=guidance, seed=seed, strength=strength, prompt=prompt,
+                  negative_prompt=negative_prompt, max_memory_bytes=max_memory_bytes)
+    if scheduler not in SCHEDULER_NAMES:
+        raise UsageError(f"scheduler must be one of {', '.join(SCHEDULER_NAMES)}, not {scheduler!r}")
+    plan = {"steps": steps, "guidance": guidance, "seed": seed, "strength": strength, "prompt": prompt,
+            "negative_prompt": negative_prompt, "dtype": dtype, "device": device, "max_memory_bytes": max_memory_bytes}
     if src.is_dir():
+        _, (width, height), _ = plan_render(src, size, **plan)
+        from tensorsafe.pipeline.pipeline import Pipeline
+
         pipe = Pipeline.from_folder(src, device=device, dtype=dtype)
     else:
-        pipe = _from_single_file(src, device, dtype, config, model_type, prediction_type)
-    width, height = _size(size, pipe.default_size())
+        _image_size(size)  # the ranges, before converting; the VAE's multiple once the folder exists
+        pipe, (width, height) = _from_single_file(src, size, plan, config, model_type, prediction_type)
     inputs = generated_inputs(pipe.task, width, height)
-    result = pipe(prompt, negative_prompt, steps=steps, height=height, width=width, seed=seed, guidance=guidance,
-                  scheduler=scheduler, strength=strength, progress=progress, **inputs)
+    try:
+        result = pipe(prompt, negative_prompt, steps=steps, height=height, width=width, seed=seed, guidance=guidance,
+                      scheduler=scheduler, strength=strength, progress=progress, max_memory_bytes=max_memory_bytes,
+                      **inputs)
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, MemoryError) or _out_of_memory(exc):
+            raise RenderError(f"ran out of memory rendering {width}x{height} ({str(exc).splitlines()[0][:120]}); "
+                              "choose a smaller size or lower --max-memory", path=src) from None
+        raise
     _require_finite(result, src, dtype)
     image = result.to_pil()
     settings = {"prompt": prompt, "negative_prompt": negative_prompt, "steps": steps, "size": [width, height],
@@ -60,9 +82,14 @@ def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, s
     return image
 
 
+def _out_of_memory(exc: RuntimeError) -> bool:
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
+
+
 def check_render(path: str | os.PathLike, *, output: str | os.PathLike | None = None, prompt: str = CHECK_PROMPT,
                  steps: int = CHECK_STEPS, size: int | tuple[int, int] | None = None, seed: int = 0,
-                 device: str = "cpu", dtype: str = "fp32") -> Path:
+                 device: str = "cpu", dtype: str = "fp32", max_memory_bytes: int | None = None) -> Path:
     """Render a small picture from a converted model to confirm it works; returns the PNG's path.
 
     The default size is a quarter of the model's native side (128 for SD1, 192 for 768-v SD2, 256
@@ -72,11 +99,12 @@ def check_render(path: str | os.PathLike, *, output: str | os.PathLike | None = 
     """
     src = Path(path)
     if output is None:
-        stem = src.name[: -len(".safetensors")] if src.name.endswith(".safetensors") else src.name
+        stem = src.name.removesuffix(".safetensors")
         output = src.with_name(f"{stem}.check.png")
     if size is None:
         size = _check_size(src)
-    render(src, prompt, steps=steps, size=size, seed=seed, device=device, dtype=dtype, output=output)
+    render(src, prompt, steps=steps, size=size, seed=seed, device=device, dtype=dtype, output=output,
+           max_memory_bytes=max_memory_bytes)
     return Path(output)
 
 
@@ -85,9 +113,9 @@ def _check_size(src: Path) -> int:
     config = src / "unet" / "config.json"
     if config.is_file():
         try:
-            sample = json.loads(config.read_text(encoding="utf-8")).get("sample_size")
-        except (OSError, ValueError):
-            sample = None
+            sample = read_config(config).get("sample_size")
+        except TensorsafeError:
+            sample = None  # render names the problem
     side = (sample if isinstance(sample, int) and sample > 0 else 64) * 8 // 4
     return max(64, side // 64 * 64)
 
@@ -102,27 +130,31 @@ def _require_finite(result, src: Path, dtype: str) -> None:
                               path=src)
 
 
-def _from_single_file(src: Path, device, dtype, config, model_type, prediction_type):
+def _from_single_file(src: Path, size, plan: dict, config, model_type, prediction_type):
+    """Convert into a temporary folder, check and estimate it as a folder, then load it."""
     from tensorsafe.convert.run import convert
-    from tensorsafe.pipeline.pipeline import Pipeline
 
     with tempfile.TemporaryDirectory(prefix="tensorsafe-render-") as tmp:
         folder = Path(tmp) / "model"
         convert(src, folder, config=str(config) if config else None, model_type=model_type,
                 prediction_type=prediction_type)
-        return Pipeline.from_folder(folder, device=device, dtype=dtype)  # fully loaded: the folder can go
+        _, sides, _ = plan_render(folder, size, **plan)
+        from tensorsafe.pipeline.pipeline import Pipeline
+
+        pipe = Pipeline.from_folder(folder, device=plan["device"], dtype=plan["dtype"])
+        return pipe, sides  # fully loaded: the folder can go
 
 
-def _size(size, default: int) -> tuple[int, int]:
+def _image_size(size) -> None:
     if size is None:
-        return default, default
-    if isinstance(size, int):
-        return size, size
-    try:
-        width, height = size
-        return int(width), int(height)
-    except (TypeError, ValueError):
-        raise UsageError(f"size must be an int or (width, height), not {size!r}") from None
+        return
+    if not isinstance(size, (tuple, list)):
+        check_side("size", size, 1)
+        return
+    if len(size) != 2:
+        raise UsageError(f"size must be an int or (width, height), not {size!r}")
+    for name, side in zip(("width", "height"), size):
+        check_side(name, side, 1)
 
 
 # ---- generated inputs ------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from tensorsafe.errors import UsageError
+from tensorsafe.pipeline.validate import check_scheduler
 
 COMMON = {
     "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
@@ -142,7 +143,12 @@ class DDIM:
         self.steps = 0
 
     def set_timesteps(self, steps: int) -> None:
-        self.timesteps = torch.from_numpy(_timesteps(self.config, steps, np.int64))
+        t = _timesteps(self.config, steps, np.int64)
+        n = self.config["num_train_timesteps"]
+        if int(t.max()) >= n:  # "leading" plus steps_offset can step past the last training timestep
+            raise UsageError(f"{steps} DDIM steps with steps_offset {self.config['steps_offset']} reach timestep "
+                             f"{int(t.max())}, past the {n} of scheduler_config.json; use fewer steps")
+        self.timesteps = torch.from_numpy(t)
         self.steps = steps
 
     def scale_model_input(self, sample: torch.Tensor, i: int) -> torch.Tensor:
@@ -177,4 +183,5 @@ def make_scheduler(name: str, config: dict) -> EulerDiscrete | DDIM:
         cls = SCHEDULERS[name.lower()]
     except KeyError:
         raise UsageError(f"scheduler must be one of {', '.join(SCHEDULERS)}, not {name!r}") from None
+    check_scheduler(config)
     return cls(config)

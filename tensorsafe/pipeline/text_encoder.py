@@ -96,6 +96,7 @@ class CLIPTextModel(nn.Module):
         super().__init__()
         if with_projection is None:
             with_projection = "CLIPTextModelWithProjection" in (cfg.get("architectures") or [])
+        self.config = cfg
         self.eos_token_id = cfg.get("eos_token_id", 2)
         self.text_model = CLIPTextTransformer(cfg)
         self.text_projection = (nn.Linear(cfg["hidden_size"], cfg.get("projection_dim", 768), bias=False)

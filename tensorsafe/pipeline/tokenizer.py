@@ -26,6 +26,8 @@ from tensorsafe.errors import ParseError
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 MODEL_MAX_LENGTH = 77
+MAX_VOCAB = 1_000_000                  # tokens, and merges (CLIP: 49408 and 48894)
+MAX_TOKENIZER_FILE_BYTES = 64 << 20    # CLIP's tokenizer.json is 2 MiB
 # transformers' CLIPTokenizer split: special tokens, English contractions, letter runs, single digits, other runs
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
@@ -42,28 +44,36 @@ class SpecialTokens:
 class CLIPTokenizer:
     """Text -> ``max_length`` ids: ``[bos] + BPE ids (truncated) + [eos] + [pad]...``."""
 
-    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], special: SpecialTokens = SpecialTokens()):
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], special: SpecialTokens = SpecialTokens(),
+                 source: str | Path | None = None, merges_source: str | Path | None = None):
+        check_tables(vocab, merges, special, source, merges_source or source)
         self.special = special
         self.vocab_size = len(vocab)
-        model = BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>",
-                    fuse_unk=False, unk_token=special.unk)
+        try:
+            model = BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>",
+                        fuse_unk=False, unk_token=special.unk)
+        except Exception as exc:  # noqa: BLE001  (tokenizers raises a bare Exception; check_tables says why first)
+            raise ParseError(f"the BPE tables are inconsistent: {exc}", path=merges_source or source) from None
         self._tok = _clip_pipeline(Tokenizer(model))
         self._tok.add_special_tokens([AddedToken(t, normalized=False, special=True)
                                       for t in dict.fromkeys((special.bos, special.eos, special.unk, special.pad))])
         self.bos_id, self.eos_id, self.pad_id = (self._id(t) for t in (special.bos, special.eos, special.pad))
 
     @classmethod
-    def from_folder(cls, folder: str | Path | None) -> "CLIPTokenizer":
+    def from_folder(cls, folder: str | Path | None) -> CLIPTokenizer:
         """A diffusers ``tokenizer/`` folder; missing vocabulary files fall back to the bundled ones."""
         folder = Path(folder) if folder is not None else None
         special = _special_tokens(folder) if folder is not None and folder.is_dir() else SpecialTokens()
         if folder is not None and (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             vocab, merges = _read_vocab(folder / "vocab.json"), _read_merges(folder / "merges.txt")
+            source, merges_source = folder / "vocab.json", folder / "merges.txt"
         elif folder is not None and (folder / "tokenizer.json").is_file():
             vocab, merges = _read_tokenizer_json(folder / "tokenizer.json")
+            source = merges_source = folder / "tokenizer.json"
         else:
             vocab, merges = bundled_vocab()
-        return cls(vocab, merges, special)
+            source = merges_source = None
+        return cls(vocab, merges, special, source, merges_source)
 
     def _id(self, token: str) -> int:
         i = self._tok.token_to_id(token)
@@ -100,9 +110,18 @@ def bundled_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, _parse_merges(clip.joinpath("merges.txt").read_text(encoding="utf-8"))
 
 
+def _read_text(path: Path) -> str:
+    """The file's text, refused unread past ``MAX_TOKENIZER_FILE_BYTES``."""
+    size = path.stat().st_size
+    if size > MAX_TOKENIZER_FILE_BYTES:
+        raise ParseError(f"{size:,} bytes is over the {MAX_TOKENIZER_FILE_BYTES:,}-byte limit for a tokenizer file",
+                         path=path)
+    return path.read_text(encoding="utf-8")
+
+
 def _read_vocab(path: Path) -> dict[str, int]:
     try:
-        vocab = json.loads(path.read_text(encoding="utf-8"))
+        vocab = json.loads(_read_text(path))
     except (OSError, ValueError) as exc:
         raise ParseError(f"cannot read the vocabulary: {exc}", path=path) from None
     if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
@@ -112,29 +131,68 @@ def _read_vocab(path: Path) -> dict[str, int]:
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
     try:
-        return _parse_merges(path.read_text(encoding="utf-8"))
+        text = _read_text(path)
     except (OSError, ValueError) as exc:
         raise ParseError(f"cannot read the merges: {exc}", path=path) from None
+    return _parse_merges(text, path)
 
 
-def _parse_merges(text: str) -> list[tuple[str, str]]:
+def _parse_merges(text: str, path: Path | None = None) -> list[tuple[str, str]]:
     merges = []
-    for line in text.split("\n"):
+    for number, line in enumerate(text.split("\n"), 1):
         if not line or line.startswith("#version"):
             continue
-        a, b = line.split(" ")
-        merges.append((a, b))
+        pair = line.split(" ")
+        if len(pair) != 2 or not all(pair):
+            raise ParseError(f"line {number}: a merge is two tokens separated by one space, not {line[:60]!r}",
+                             path=path)
+        merges.append((pair[0], pair[1]))
     return merges
 
 
 def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """The BPE tables of a transformers 5 ``tokenizer.json`` (its pipeline settings are replaced by CLIP's)."""
     try:
-        model = json.loads(path.read_text(encoding="utf-8"))["model"]
+        model = json.loads(_read_text(path))["model"]
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-        return dict(model["vocab"]), merges
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        vocab = dict(model["vocab"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ParseError(f"cannot read the BPE tables: {exc}", path=path) from None
+    for i, m in enumerate(merges):
+        if len(m) != 2 or not all(isinstance(t, str) and t for t in m):
+            raise ParseError(f"model.merges[{i}] is not a pair of tokens: {str(m)[:60]}", path=path)
+    return vocab, merges  # type: ignore[return-value]
+
+
+def check_tables(vocab: dict[str, int], merges: list[tuple[str, str]], special: SpecialTokens,
+                 source: str | Path | None, merges_source: str | Path | None = None) -> None:
+    """Refuse (``ParseError`` naming ``source``) BPE tables that ``tokenizers`` would reject with a bare
+    exception or silently misread: ids that are not ``0..len(vocab)-1`` once each, merges of tokens
+    (or into tokens) the vocabulary lacks, special tokens it lacks, more entries than ``MAX_VOCAB``."""
+    if not isinstance(vocab, dict) or not vocab:
+        raise ParseError("the vocabulary is empty or not a token -> id mapping", path=source)
+    if len(vocab) > MAX_VOCAB or len(merges) > MAX_VOCAB:
+        raise ParseError(f"{len(vocab):,} tokens and {len(merges):,} merges: the limit is {MAX_VOCAB:,} each",
+                         path=source)
+    seen: dict[int, str] = {}
+    for token, i in vocab.items():
+        if not isinstance(token, str) or isinstance(i, bool) or not isinstance(i, int):
+            raise ParseError(f"vocabulary entry {str(token)[:40]!r}: {str(i)[:20]} is not an integer id", path=source)
+        if not 0 <= i < len(vocab):
+            raise ParseError(f"token {token[:40]!r} has id {i}, outside 0..{len(vocab) - 1} (the vocabulary's size)",
+                             path=source)
+        if i in seen:
+            raise ParseError(f"id {i} is given to both {seen[i][:40]!r} and {token[:40]!r}", path=source)
+        seen[i] = token
+    for number, (a, b) in enumerate(merges, 1):
+        for token in (a, b, a + b):
+            if token not in vocab:
+                raise ParseError(f"merge {number} ({a[:40]} {b[:40]}) names {token[:40]!r}, which is not in the "
+                                 "vocabulary", path=merges_source or source)
+    for name in ("bos", "eos", "pad", "unk"):
+        token = getattr(special, name)
+        if token not in vocab:
+            raise ParseError(f"the {name} token {token[:40]!r} is not in the vocabulary", path=source)
 
 
 def _token(value: object) -> str | None:
@@ -147,7 +205,7 @@ def _json_or_empty(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except (OSError, ValueError) as exc:
         raise ParseError(f"cannot read: {exc}", path=path) from None
     return data if isinstance(data, dict) else {}

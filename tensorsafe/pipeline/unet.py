@@ -8,39 +8,27 @@ text embedding and the sinusoidal embedding of the size/crop (and aesthetic scor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tensorsafe.errors import UsageError
-from tensorsafe.pipeline.layers import Downsample2D, ResnetBlock2D, Upsample2D, attention, blocks
-
-CROSS_DOWN, DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
-CROSS_UP, UP = "CrossAttnUpBlock2D", "UpBlock2D"
-MID_CROSS, MID_PLAIN = "UNetMidBlock2DCrossAttn", "UNetMidBlock2D"
-
-# diffusers' UNet2DConditionModel defaults for the keys we read
-DEFAULTS = {
-    "in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "freq_shift": 0,
-    "down_block_types": [CROSS_DOWN, CROSS_DOWN, CROSS_DOWN, DOWN], "mid_block_type": MID_CROSS,
-    "up_block_types": [UP, CROSS_UP, CROSS_UP, CROSS_UP], "only_cross_attention": False,
-    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "downsample_padding": 1,
-    "mid_block_scale_factor": 1, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
-    "cross_attention_dim": 1280, "transformer_layers_per_block": 1, "reverse_transformer_layers_per_block": None,
-    "attention_head_dim": 8, "use_linear_projection": False,
-    "resnet_time_scale_shift": "default", "resnet_out_scale_factor": 1.0, "time_embedding_type": "positional",
-    "time_embedding_dim": None, "conv_in_kernel": 3, "conv_out_kernel": 3, "addition_embed_type": None,
-    "addition_time_embed_dim": None, "projection_class_embeddings_input_dim": None, "sample_size": None,
-}
-# settings this reference UNet does not implement: key -> the only value it accepts
-UNSUPPORTED = {
-    "class_embed_type": None, "encoder_hid_dim_type": None, "time_cond_proj_dim": None, "dual_cross_attention": False,
-    "center_input_sample": False, "timestep_post_act": None, "time_embedding_act_fn": None, "num_class_embeds": None,
-    "attention_type": "default", "cross_attention_norm": None, "class_embeddings_concat": False,
-    "num_attention_heads": None,  # diffusers refuses it too (attention_head_dim is the head count here)
-}
+from tensorsafe.pipeline.configs import (  # noqa: F401
+    CROSS_DOWN,
+    DOWN,
+    MID_CROSS,
+    Level,
+    levels,
+    unet_config,
+)
+from tensorsafe.pipeline.layers import (
+    Downsample2D,
+    ResnetBlock2D,
+    Upsample2D,
+    attention,
+    blocks,
+)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool, shift: float, max_period: int = 10000):
@@ -135,19 +123,6 @@ class Transformer2DModel(nn.Module):
         y = self.proj_out(y) if self.linear else y
         y = y.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
         return (y if self.linear else self.proj_out(y)) + x
-
-
-@dataclass(frozen=True)
-class Level:
-    """One resolution level of the UNet, as the config describes it."""
-
-    channels: int
-    layers: int
-    cross: bool
-    heads: int
-    context_dim: int
-    depths: list[int]
-    only_cross: bool
 
 
 class DownBlock(nn.Module):
@@ -266,58 +241,3 @@ class UNet2DConditionModel(nn.Module):
         ids = timestep_embedding(time_ids.flatten(), self.config["addition_time_embed_dim"],
                                  self.config["flip_sin_to_cos"], self.config["freq_shift"])
         return torch.cat([text_embeds, ids.reshape(text_embeds.shape[0], -1)], dim=-1)
-
-
-# ---- config ----------------------------------------------------------------------------------------------
-
-def unet_config(config: dict) -> dict:
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
-    for key, only in UNSUPPORTED.items():
-        if cfg.get(key, only) != only:
-            raise UsageError(f"unet/config.json: {key} = {cfg[key]!r} is not supported by the reference pipeline "
-                             f"(only {only!r})")
-    checks = {"act_fn": "silu", "resnet_time_scale_shift": "default", "time_embedding_type": "positional",
-              "resnet_out_scale_factor": 1.0, "mid_block_scale_factor": 1}
-    for key, only in checks.items():
-        if cfg[key] != only:
-            raise UsageError(f"unet/config.json: {key} = {cfg[key]!r} is not supported (only {only!r})")
-    if cfg["addition_embed_type"] not in (None, "text_time"):
-        raise UsageError(f"unet/config.json: addition_embed_type {cfg['addition_embed_type']!r} is not supported "
-                         "(only null or 'text_time')")
-    n = len(cfg["block_out_channels"])
-    for key in ("down_block_types", "up_block_types"):
-        if len(cfg[key]) != n:
-            raise UsageError(f"unet/config.json: {key} has {len(cfg[key])} entries, block_out_channels {n}")
-    bad = [t for t in [*cfg["down_block_types"], *cfg["up_block_types"]] if t not in (CROSS_DOWN, DOWN, CROSS_UP, UP)]
-    if bad or cfg["mid_block_type"] not in (MID_CROSS, MID_PLAIN, None):
-        raise UsageError(f"unet/config.json: block type {(bad or [cfg['mid_block_type']])[0]!r} is not supported")
-    return cfg
-
-
-def _per_block(value, n: int, name: str) -> list:
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise UsageError(f"unet/config.json: {name} has {len(value)} entries for {n} blocks")
-        return list(value)
-    return [value] * n
-
-
-def _per_layer(value, n: int) -> list[int]:
-    return list(value) if isinstance(value, (list, tuple)) else [value] * n
-
-
-def levels(cfg: dict) -> tuple[list[Level], list[Level]]:
-    """The down levels and the up levels (deepest first), as diffusers derives them from the config."""
-    widths = cfg["block_out_channels"]
-    n = len(widths)
-    heads = _per_block(cfg["attention_head_dim"], n, "attention_head_dim")  # historically the head count
-    context = _per_block(cfg["cross_attention_dim"], n, "cross_attention_dim")
-    layers = _per_block(cfg["layers_per_block"], n, "layers_per_block")
-    depth = _per_block(cfg["transformer_layers_per_block"], n, "transformer_layers_per_block")
-    only = _per_block(cfg["only_cross_attention"], n, "only_cross_attention")
-    down = [Level(widths[i], layers[i], cfg["down_block_types"][i] == CROSS_DOWN, heads[i], context[i],
-                  _per_layer(depth[i], layers[i]), only[i]) for i in range(n)]
-    rdepth = cfg["reverse_transformer_layers_per_block"] or depth[::-1]
-    up = [Level(widths[::-1][i], layers[::-1][i] + 1, cfg["up_block_types"][i] == CROSS_UP, heads[::-1][i],
-                context[::-1][i], _per_layer(rdepth[i], layers[::-1][i] + 1), only[::-1][i]) for i in range(n)]
-    return down, up

@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tensorsafe.errors import UsageError
-from tensorsafe.pipeline.layers import Downsample2D, ResnetBlock2D, Upsample2D, attention, blocks
+from tensorsafe.pipeline.configs import vae_config
+from tensorsafe.pipeline.layers import (
+    Downsample2D,
+    ResnetBlock2D,
+    Upsample2D,
+    attention,
+    blocks,
+)
 
 VAE_EPS = 1e-6
-DEFAULTS = {
-    "in_channels": 3, "out_channels": 3, "block_out_channels": [64], "layers_per_block": 1, "latent_channels": 4,
-    "norm_num_groups": 32, "act_fn": "silu", "scaling_factor": 0.18215, "shift_factor": None, "latents_mean": None,
-    "latents_std": None, "force_upcast": True, "mid_block_add_attention": True, "use_quant_conv": True,
-    "use_post_quant_conv": True, "down_block_types": ["DownEncoderBlock2D"], "up_block_types": ["UpDecoderBlock2D"],
-}
 # spellings of diffusers folders saved before ~0.14
 OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
@@ -171,22 +171,6 @@ def draw_noise(shape, generator: torch.Generator, device, dtype) -> torch.Tensor
     """``torch.randn`` on the generator's device, then moved: diffusers' ``randn_tensor`` for one generator."""
     gen_device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
-
-
-def vae_config(config: dict) -> dict:
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
-    n = len(cfg["block_out_channels"])
-    if cfg["act_fn"] != "silu":
-        raise UsageError(f"vae/config.json: act_fn {cfg['act_fn']!r} is not supported (only 'silu')")
-    if list(cfg["down_block_types"]) != ["DownEncoderBlock2D"] * n or list(cfg["up_block_types"]) != \
-            ["UpDecoderBlock2D"] * n:
-        raise UsageError("vae/config.json: only DownEncoderBlock2D / UpDecoderBlock2D blocks are supported, one per "
-                         "entry of block_out_channels")
-    if cfg["shift_factor"] not in (None, 0, 0.0):
-        raise UsageError(f"vae/config.json: shift_factor {cfg['shift_factor']!r} is not supported")
-    if cfg["scaling_factor"] is None:
-        cfg["scaling_factor"] = DEFAULTS["scaling_factor"]
-    return cfg
 
 
 def canonical_state(state: dict) -> dict:

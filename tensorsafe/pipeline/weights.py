@@ -8,21 +8,16 @@ a mismatch is refused with the key, the expected and the found shape.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from tensorsafe.errors import ParseError
+from tensorsafe.pipeline.configs import read_config  # noqa: F401  (the pipeline's config reader)
 
 MAX_LISTED = 6
-
-
-def read_config(path: Path) -> dict:
-    from tensorsafe.convert.configs import read_json_object
-
-    return read_json_object(path, "missing: the folder has no config for this component")
 
 
 def read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
