@@ -1,8 +1,11 @@
 """Byte streams of tensors in bounded chunks: copy, row slices, concatenation, transpose, casts.
 
-Written by hand for memory: every producer yields pieces of at most ``CHUNK_BYTES`` (contiguous
-sources are sliced straight out of the memory map, no copy), so peak memory does not grow with
-the model.
+Written by hand for memory: every producer yields pieces of at most ``CHUNK_BYTES``, so peak
+memory does not grow with the model. A source is a buffer (sliced without a copy) or, in the
+converter, a :class:`~tensorsafe.convert.source_io.FileBytes` read with ``pread``: a source file
+that shrinks mid-read is then an error, not SIGBUS from its memory map. A strided source (and a
+transpose) is read whole when its span is at most ``WHOLE_READ_BYTES``, else a block of rows at
+a time.
 """
 from __future__ import annotations
 
@@ -11,10 +14,12 @@ from typing import Iterator
 
 import numpy as np
 
+from tensorsafe.convert.source_io import FileBytes
 from tensorsafe.errors import UsageError
-from tensorsafe.tensors import DType, TensorRef
+from tensorsafe.tensors import DType, StorageRef, TensorRef
 
 CHUNK_BYTES = 16 << 20
+WHOLE_READ_BYTES = 256 << 20
 
 
 def row_chunks(ref: TensorRef, buf, start: int = 0, stop: int | None = None) -> Iterator[memoryview]:
@@ -24,6 +29,9 @@ def row_chunks(ref: TensorRef, buf, start: int = 0, stop: int | None = None) -> 
     if not ref.numel or stop <= start:
         return
     row_bytes = ref.nbytes // rows
+    if isinstance(buf, FileBytes):
+        yield from _file_rows(ref, buf, start, stop, row_bytes)
+        return
     if ref.is_contiguous:
         mv = memoryview(buf)
         first = ref.byte_offset + start * row_bytes
@@ -40,6 +48,35 @@ def row_chunks(ref: TensorRef, buf, start: int = 0, stop: int | None = None) -> 
     step = max(1, CHUNK_BYTES // max(1, row_bytes))
     for r in range(start, stop, step):
         yield memoryview(np.ascontiguousarray(view[r:min(stop, r + step)])).cast("B")
+
+
+def _file_rows(ref: TensorRef, src: FileBytes, start: int, stop: int, row_bytes: int) -> Iterator[memoryview]:
+    if ref.is_contiguous:
+        first = ref.byte_offset + start * row_bytes
+        total = (stop - start) * row_bytes
+        for pos in range(0, total, CHUNK_BYTES):
+            yield memoryview(src.read(first + pos, min(CHUNK_BYTES, total - pos)))
+        return
+    from tensorsafe.load import raw_bytes_view
+
+    step = max(1, CHUNK_BYTES // max(1, row_bytes))
+    if not ref.shape:
+        yield memoryview(src.read(ref.byte_offset, ref.nbytes))
+        return
+    if ref.span_bytes() <= WHOLE_READ_BYTES:
+        view = raw_bytes_view(_rebased(ref, ref.shape), src.read(ref.byte_offset, ref.span_bytes()))
+        for r in range(start, stop, step):
+            yield memoryview(np.ascontiguousarray(view[r:min(stop, r + step)])).cast("B")
+        return
+    for r in range(start, stop, step):
+        block = _rebased(ref, (min(stop, r + step) - r, *ref.shape[1:]))
+        lo = ref.byte_offset + r * ref.stride[0] * ref.dtype.itemsize
+        yield memoryview(np.ascontiguousarray(raw_bytes_view(block, src.read(lo, block.span_bytes())))).cast("B")
+
+
+def _rebased(ref: TensorRef, shape: tuple[int, ...]) -> TensorRef:
+    """``ref`` with ``shape``, its element 0 at offset 0 of a buffer read from the file."""
+    return TensorRef(ref.dtype, shape, ref.stride, 0, StorageRef(ref.storage.key, 0, 0))
 
 
 def _release(buf, begin: int, end: int) -> None:
@@ -59,6 +96,10 @@ def transpose_chunks(ref: TensorRef, buf) -> Iterator[memoryview]:
     """A 2-D tensor transposed ([H, P] -> [P, H]), produced a block of output rows at a time."""
     if len(ref.shape) != 2:
         raise UsageError(f"transpose needs a 2-D tensor, got shape {ref.shape}")
+    if isinstance(buf, FileBytes):
+        flipped = TensorRef(ref.dtype, ref.shape[::-1], ref.stride[::-1], ref.storage_offset, ref.storage)
+        yield from row_chunks(flipped, buf)
+        return
     from tensorsafe.load import raw_bytes_view
 
     raw = raw_bytes_view(ref, buf)  # [H, P, itemsize]

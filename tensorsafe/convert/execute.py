@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 from tensorsafe.convert.chunks import FLOAT_DTYPES, cast_chunks, row_chunks, transpose_chunks
 from tensorsafe.convert.kernel_io import FileRange
 from tensorsafe.convert.plan import Op, Plan, Target
+from tensorsafe.convert.source_io import FileBytes
 from tensorsafe.convert.sources import Located
 from tensorsafe.convert.writer import OutTensor, write_safetensors
 from tensorsafe.errors import ParseError
@@ -68,13 +69,20 @@ def _check_shape(t: Target, srcs: list[Located]) -> None:
 
 
 def _producer(t: Target, srcs: list[Located]) -> Callable[[], Iterator[memoryview]]:
+    bufs = [_readable(s) for s in srcs]
     if t.op in (Op.COPY, Op.RESHAPE):
-        return lambda: row_chunks(srcs[0].ref, srcs[0].buf)
+        return lambda: row_chunks(srcs[0].ref, bufs[0])
     if t.op is Op.ROWS:
-        return lambda: row_chunks(srcs[0].ref, srcs[0].buf, *t.rows)
+        return lambda: row_chunks(srcs[0].ref, bufs[0], *t.rows)
     if t.op is Op.CONCAT_ROWS:
-        return lambda: (piece for s in srcs for piece in row_chunks(s.ref, s.buf))
-    return lambda: transpose_chunks(srcs[0].ref, srcs[0].buf)
+        return lambda: (piece for s, b in zip(srcs, bufs) for piece in row_chunks(s.ref, b))
+    return lambda: transpose_chunks(srcs[0].ref, bufs[0])
+
+
+def _readable(s: Located):
+    """Where a source's bytes are read from: the open file with ``pread`` (never its memory map, whose
+    pages kill the process with SIGBUS if the file shrinks), or the buffer when there is no file."""
+    return FileBytes(s.fd, s.path) if s.fd is not None else s.buf
 
 
 def shards(tensors: list[OutTensor], max_bytes: int) -> list[list[OutTensor]]:

@@ -6,20 +6,22 @@ the destination and renamed into place only when complete and verified.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from tensorsafe.convert.configs import read_json_object
 from tensorsafe.convert.execute import DEFAULT_MAX_SHARD_BYTES, component_tensors, write_weights
 from tensorsafe.convert.output import staged
 from tensorsafe.convert.plan import Op, Plan, Target
+from tensorsafe.convert.source_io import first_change, leases_held
 from tensorsafe.convert.sources import Located, Source, open_file, open_folder_component
 from tensorsafe.convert.writer import OutTensor
-from tensorsafe.errors import OutputError, ParseError, UsageError
+from tensorsafe.errors import OutputError, ParseError, TensorsafeError, UsageError
 from tensorsafe.tensors import DTYPES, DType
 
 DTYPE_NAMES = {"fp16": "F16", "float16": "F16", "bf16": "BF16", "bfloat16": "BF16", "fp32": "F32", "float32": "F32"}
@@ -109,10 +111,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, options: ConvertO
         raise UsageError(f"{src_path} does not exist", path=src_path)
     started = time.perf_counter()
     try:
-        if src_path.is_dir():
-            result = _folder_to_single_file(src_path, Path(dst), options, progress_factory)
-        else:
-            result = _single_file_to_folder(src_path, Path(dst), options, progress_factory)
+        with leases_held():
+            if src_path.is_dir():
+                result = _folder_to_single_file(src_path, Path(dst), options, progress_factory)
+            else:
+                result = _single_file_to_folder(src_path, Path(dst), options, progress_factory)
     except OSError as exc:
         raise OutputError(f"cannot write the output: {exc.strerror or exc}; nothing was changed",
                           path=getattr(exc, "filename", None) or dst) from exc
@@ -151,7 +154,7 @@ def _write_folder(src: Path, dst: Path, opts: ConvertOptions, plan: Plan, source
     outputs = {c: component_tensors(plan, c, sources, cast) for c in plan.components()}
     total = sum(t.nbytes for ts in outputs.values() for t in ts)
     tick = progress_factory(total, sum(len(ts) for ts in outputs.values())) if progress_factory else None
-    with staged(dst, overwrite=opts.overwrite, folder=True) as tmp:
+    with staged(dst, overwrite=opts.overwrite, folder=True) as tmp, _sources_unchanged(sources):
         for component, tensors in outputs.items():
             folder = tmp / component
             folder.mkdir()
@@ -170,6 +173,22 @@ def _write_folder(src: Path, dst: Path, opts: ConvertOptions, plan: Plan, source
                             sorted(outputs), sum(len(t) for t in outputs.values()), total, 0.0,
                             list(detection.evidence), [*detection.assumptions, *plan.notes], plan.dropped,
                             plan.unmapped)
+
+
+@contextlib.contextmanager
+def _sources_unchanged(sources: dict[str, Located]) -> Iterator[None]:
+    """The output is committed only if no source file changed while it was written; a failure while
+    writing (a short read, a verification that differs) is reported as the change that caused it."""
+    try:
+        yield
+    except (TensorsafeError, OSError) as exc:
+        changed = first_change(s.watch for s in sources.values())
+        if changed is not None:
+            raise changed from exc
+        raise
+    changed = first_change(s.watch for s in sources.values())
+    if changed is not None:
+        raise changed
 
 
 def _refuse_unmapped(plan: Plan, opts: ConvertOptions, src: Path) -> None:
@@ -272,7 +291,7 @@ def _folder_to_single_file(src: Path, dst: Path, opts: ConvertOptions, progress_
         tensors = component_tensors(plan, "", sources, opts.cast()) + _markers(keymaps.marker_keys(detection))
         total = sum(t.nbytes for t in tensors)
         tick = progress_factory(total, len(tensors)) if progress_factory else None
-        with staged(dst, overwrite=opts.overwrite, folder=False) as tmp:
+        with staged(dst, overwrite=opts.overwrite, folder=False) as tmp, _sources_unchanged(sources):
             write_safetensors(tmp, tensors, {"format": "pt"}, tick, verify=True)  # checked as it is written
     finally:
         for s in opened:

@@ -1,7 +1,8 @@
 """Tensor sources for conversion: a single file (pickle or safetensors) or a diffusers folder.
 
 Every file is scanned or validated first and refused unless clean; tensors are references into
-read-only memory maps, so nothing is loaded until the writer streams it.
+the file (offsets), so nothing is loaded until the writer streams it. The converter reads those
+bytes with ``pread`` or the kernel's copy, never through the map (see :mod:`.source_io`).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tensorsafe.blob import MappedFile
-from tensorsafe.errors import ParseError, UnsafeFileError
+from tensorsafe.convert.source_io import SourceChangedError, Watched
+from tensorsafe.errors import ParseError, TensorsafeError, UnsafeFileError
 from tensorsafe.pickles.policy import Policy
 from tensorsafe.sniff import Kind, sniff
 from tensorsafe.tensors import DTYPES, StorageRef, TensorRef, contiguous_strides
@@ -27,6 +29,8 @@ class Located:
     path: str
     fd: int | None = None
     """An open descriptor of the file ``buf`` maps (offsets are file offsets): for in-kernel copies."""
+    watch: Watched | None = None
+    """The file as it was when opened: the converter checks it did not change before committing."""
 
 
 @dataclass
@@ -36,11 +40,15 @@ class Source:
     tensors: dict[str, Located] = field(default_factory=dict)
     extras: dict[str, object] = field(default_factory=dict)
     _files: list[MappedFile] = field(default_factory=list)
+    _watches: list[Watched] = field(default_factory=list)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: v.ref.shape for k, v in self.tensors.items()}
 
     def close(self) -> None:
+        for w in self._watches:
+            w.release()
+        self._watches.clear()
         for f in self._files:
             f.close()
         self._files.clear()
@@ -56,6 +64,7 @@ def open_file(path: str | os.PathLike, policy: Policy | None = None) -> Source:
     """One checkpoint file, judged by its bytes: safetensors or a torch pickle."""
     path = os.fspath(path)
     mf = MappedFile(path)
+    watch = Watched.open_fd(path, mf._fh.fileno())
     try:
         kind = sniff(mf.span)
         if kind is Kind.SAFETENSORS:
@@ -68,13 +77,22 @@ def open_file(path: str | os.PathLike, policy: Policy | None = None) -> Source:
             ckpt = read_checkpoint(path, policy=policy)
             source = Source(path, ckpt.format)
             refs, extras = ckpt.tensors, ckpt.extras
+    except TensorsafeError as exc:
+        changed = watch.change()
+        watch.release()
+        mf.close()
+        if changed is not None:
+            raise SourceChangedError(path, changed) from exc
+        raise
     except BaseException:
+        watch.release()
         mf.close()
         raise
     fd = mf._fh.fileno() if mf.span.size else None  # the mapped file itself, not the path opened again
-    source.tensors = {k: Located(r, mf.span.buf, path, fd) for k, r in refs.items()}
+    source.tensors = {k: Located(r, mf.span.buf, path, fd, watch) for k, r in refs.items()}
     source.extras = extras
     source._files.append(mf)
+    source._watches.append(watch)
     return source
 
 
@@ -154,4 +172,5 @@ def _merge(parts: list[Source], path: str) -> Source:
             raise ParseError(f"tensor {sorted(dup)[0]!r} appears in two shards", path=p.path)
         merged.tensors.update(p.tensors)
         merged._files.extend(p._files)
+        merged._watches.extend(p._watches)
     return merged

@@ -111,7 +111,8 @@ class ShapeColumns:
         if not starts.size:
             return
         nonzero = np.where(dims == 0, np.uint64(1), dims)
-        approx = np.multiply.reduceat(nonzero.astype(np.float64), starts)
+        with np.errstate(over="ignore"):  # an overflow to inf is what the bound below is for
+            approx = np.multiply.reduceat(nonzero.astype(np.float64), starts)
         if approx.max() >= EXACT_BOUND:
             self.exact = False
             return
