@@ -9,39 +9,69 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tensorsafe.blob import Span
 from tensorsafe.errors import UnreadableFileError
-from tensorsafe.hub import (HubFile, HubPath, HubRangeSource, HubVerdict, cached_file, download, file_metadata,
-                            hub_verdicts, list_files, offline, parse_hub_url)
-from tensorsafe.limits import ScanLimits
+from tensorsafe.hub import (
+    MAX_LISTING_FILES,
+    MAX_LISTING_PAGES,
+    HubFile,
+    HubPath,
+    HubRangeSource,
+    HubVerdict,
+    cached_file,
+    check_sizes,
+    download,
+    file_metadata,
+    hub_verdicts,
+    list_files,
+    offline,
+    parse_hub_url,
+)
+from tensorsafe.hub_http import Deadline
+from tensorsafe.limits import MAX_SCAN_SECONDS, ScanLimits
 from tensorsafe.pickles.policy import Policy
-from tensorsafe.remote import DEFAULT_MAX_REMOTE_BYTES, RemoteBuffer, RemoteReadError, scan_buffer
+from tensorsafe.remote import (
+    DEFAULT_MAX_REMOTE_BYTES,
+    RemoteBuffer,
+    RemoteReadError,
+    scan_buffer,
+)
 from tensorsafe.report import FileResult, Finding, Report
 
 
 def _io_error(path: str, exc: Exception) -> FileResult:
-    message = exc.message if isinstance(exc, UnreadableFileError) else str(exc)
-    return FileResult(path=path, kind="other", findings=[Finding(path, "IO-03", message)], bytes_read=0)
+    """The file (or listing) was not judged: ``IO-03`` (``IO-02`` when the deadline passed)."""
+    if isinstance(exc, UnreadableFileError):
+        rule_id, message = exc.rule_id, exc.message
+    else:
+        rule_id, message = "IO-03", f"{type(exc).__name__}: {exc}"
+    if rule_id not in ("IO-02", "IO-03"):
+        rule_id = "IO-03"
+    return FileResult(path=path, kind="other", findings=[Finding(path, rule_id, message)], bytes_read=0)
 
 
 def _default_policy() -> Policy:
-    from tensorsafe.policy_file import policy_for_path
+    """The built-in policy: the library reads no policy file by itself (pass one to apply it)."""
+    from tensorsafe.pickles.policy import DEFAULT_POLICY
 
-    return policy_for_path(Path.cwd())
+    return DEFAULT_POLICY
 
 
 # -- scan ----------------------------------------------------------------------------------------------
 def scan_hub(url: str | os.PathLike, policy: Policy | None = None, limits: ScanLimits | None = None, *,
              explain: bool = False, deep: bool = False, verdicts: bool = False,
-             max_bytes: int = DEFAULT_MAX_REMOTE_BYTES) -> Report:
+             max_bytes: int = DEFAULT_MAX_REMOTE_BYTES, max_pages: int = MAX_LISTING_PAGES,
+             max_files: int = MAX_LISTING_FILES) -> Report:
     """Scan a Hub file, folder or repository.
 
-    Online, each file is read by range requests (at most ``max_bytes`` each), unless it is already
-    in the cache; ``deep`` downloads it into the cache and scans it whole. Offline, the cache is
-    scanned. ``verdicts`` adds the Hub's own security scan of each file beside ours (``HUB-01``
+    Online, each file is read by range requests (at most ``max_bytes`` each, every request of it
+    inside ``limits.timeout_seconds``), unless it is already in the cache; ``deep`` downloads it
+    into the cache and scans it whole. Offline, the cache is scanned. The listing has its own
+    deadline of ``limits.timeout_seconds`` and reads at most ``max_pages`` pages and ``max_files``
+    files. ``verdicts`` adds the Hub's own security scan of each file beside ours (``HUB-01``
     where they disagree)."""
     policy = policy if policy is not None else _default_policy()
     limits = limits or ScanLimits()
@@ -54,8 +84,8 @@ def scan_hub(url: str | os.PathLike, policy: Policy | None = None, limits: ScanL
         report.files += _scan_downloaded(hp, policy, limits, explain)
     else:
         try:
-            files = list_files(hp)
-        except RemoteReadError as exc:
+            files = list_files(hp, Deadline(limits.timeout_seconds), max_pages=max_pages, max_files=max_files)
+        except Exception as exc:
             return Report([_io_error(str(hp), exc)])
         report.files += [scan_remote_file(f, policy, limits, explain=explain, max_bytes=max_bytes) for f in files]
     if verdicts:
@@ -89,23 +119,28 @@ def _rename(fr: FileResult, path: str) -> None:
 
 def scan_remote_file(f: HubFile, policy: Policy, limits: ScanLimits = ScanLimits(), *, explain: bool = False,
                      max_bytes: int = DEFAULT_MAX_REMOTE_BYTES) -> FileResult:
-    """Scan one Hub file by range requests; never raises for bad content or a failed read."""
+    """Scan one Hub file by range requests; never raises for bad content or a failed read.
+
+    One deadline (``limits.timeout_seconds``) covers the HEAD, every range request, retry and wait,
+    and the walk; the sizes given by the listing, HEAD and every ``Content-Range`` must agree."""
     from tensorsafe.scanner import scan_file
 
     name = str(f.where)
     started = time.perf_counter()
+    deadline = Deadline(limits.timeout_seconds)
     try:
-        meta = file_metadata(f.where)
-    except RemoteReadError as exc:
+        meta = file_metadata(f.where, deadline)
+        check_sizes(f, meta)
+        local = cached_file(f.where, meta.commit)
+        if local is not None and os.path.getsize(local) == meta.size:
+            fr = scan_file(local, policy, limits, explain=explain)
+            _rename(fr, name)
+            fr.bytes_read = 0
+            return fr
+        buf = RemoteBuffer(HubRangeSource(meta, f.where, deadline), max_bytes=max_bytes)
+    except Exception as exc:
         return _io_error(name, exc)
-    local = cached_file(f.where, meta.commit)
-    if local is not None and os.path.getsize(local) == meta.size:
-        fr = scan_file(local, policy, limits, explain=explain)
-        _rename(fr, name)
-        fr.bytes_read = 0
-        return fr
-    buf = RemoteBuffer(HubRangeSource(meta, f.where), max_bytes=max_bytes)
-    result = scan_buffer(name, buf, policy, limits, explain=explain)
+    result = scan_buffer(name, buf, policy, limits, explain=explain, deadline=deadline.at)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -148,7 +183,11 @@ def validate_hub(url: str | os.PathLike, limits=None, *, deep: bool = False,
     polyglot windows per file, by range requests (``deep``, or offline: the cached file, whole).
 
     In a folder, files named ``*.safetensors`` are validated; a file named explicitly always is."""
-    from tensorsafe.header.validator import SAFETENSORS_SUFFIX, _limits_for, validate_file
+    from tensorsafe.header.validator import (
+        SAFETENSORS_SUFFIX,
+        _limits_for,
+        validate_file,
+    )
 
     try:
         hp = parse_hub_url(url)
@@ -169,8 +208,8 @@ def validate_hub(url: str | os.PathLike, limits=None, *, deep: bool = False,
             report.files.append(fr)
         return report
     try:
-        files = list_files(hp)
-    except RemoteReadError as exc:
+        files = list_files(hp, Deadline(getattr(limits, "timeout_seconds", MAX_SCAN_SECONDS)))
+    except Exception as exc:
         return Report([_io_error(str(hp), exc)])
     if len(files) != 1 or files[0].where.path != hp.path:
         files = [f for f in files if f.where.path.endswith(SAFETENSORS_SUFFIX)]
@@ -183,21 +222,25 @@ def validate_remote_file(f: HubFile, limits, *, max_bytes: int = DEFAULT_MAX_REM
 
     name = str(f.where)
     started = time.perf_counter()
+    deadline = Deadline(getattr(limits, "timeout_seconds", MAX_SCAN_SECONDS))
     try:
-        meta = file_metadata(f.where)
-    except RemoteReadError as exc:
+        meta = file_metadata(f.where, deadline)
+        check_sizes(f, meta)
+        buf = RemoteBuffer(HubRangeSource(meta, f.where, deadline), max_bytes=max_bytes, readahead=0)
+    except Exception as exc:
         return _io_error(name, exc)
     result = FileResult(path=name, kind="safetensors", size=meta.size)
-    buf = RemoteBuffer(HubRangeSource(meta, f.where), max_bytes=max_bytes, readahead=0)
     try:
         check = check_source(Span(buf, 0, buf.size), limits)
         result.findings = to_findings(name, check.issues)
     except UnreadableFileError as exc:
-        result.findings = [Finding(name, "IO-03", exc.message)]
+        result.findings = [_io_error(name, exc).findings[0]]
+    except Exception as exc:
+        result.findings = [Finding(name, "IO-03", f"the file was not judged ({type(exc).__name__}: {exc})")]
     finally:
         buf.close()
-    if buf.failed is not None and not any(x.rule_id == "IO-03" for x in result.findings):
-        result.findings.append(Finding(name, "IO-03", buf.failed.message))
+    if buf.failed is not None and not any(x.rule_id in ("IO-02", "IO-03") for x in result.findings):
+        result.findings.append(Finding(name, buf.failed.rule_id, buf.failed.message))
     result.bytes_read = buf.bytes_read
     result.seconds = time.perf_counter() - started
     return result
@@ -210,8 +253,9 @@ def remote_header(url: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_REMOTE
     from tensorsafe.header.validator import read_checked_header
 
     hp = parse_hub_url(url)
-    meta = file_metadata(hp)
-    buf = RemoteBuffer(HubRangeSource(meta, hp), max_bytes=max_bytes, readahead=0)
+    deadline = Deadline(MAX_SCAN_SECONDS)
+    meta = file_metadata(hp, deadline)
+    buf = RemoteBuffer(HubRangeSource(meta, hp, deadline), max_bytes=max_bytes, readahead=0)
     try:
         header = read_checked_header(Span(buf, 0, buf.size))
     finally:

@@ -14,13 +14,15 @@ from __future__ import annotations
 import bisect
 import mmap
 import tempfile
+import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from tensorsafe.blob import Span
-from tensorsafe.errors import LimitExceeded, UnreadableFileError
+from tensorsafe.errors import LimitExceeded
+from tensorsafe.hub_http import RemoteReadError
 from tensorsafe.limits import ScanLimits
 from tensorsafe.pickles.policy import Policy
 from tensorsafe.pickles.walker import BuildHook, PickleTrace
@@ -40,12 +42,11 @@ PREFETCH_MERGE_GAP = 4 << 10
 ZIP_HEADER_SLACK = 30 + 256
 """Bytes fetched at each local header beyond its name: the fixed part and room for the extra field."""
 MAX_PREFETCHED_PICKLE = 4 << 20
+MAX_REMOTE_FILE_BYTES = 1 << 40
+"""Largest remote file read by range requests (the server's size is checked against it first):
+fetched ranges land in a sparse temporary file of the file's size."""
 
-
-class RemoteReadError(UnreadableFileError):
-    """A range could not be fetched (network or server error, short or wrong answer, budget spent)."""
-
-    rule_id = "IO-03"
+__all__ = ["RemoteBuffer", "RemoteReadError", "scan_buffer"]
 
 
 class RangeSource(Protocol):
@@ -74,11 +75,19 @@ class RemoteBuffer:
         self.failed: RemoteReadError | None = None
         self._starts: list[int] = []
         self._ends: list[int] = []
+        self._count_lock = threading.Lock()
+        if not isinstance(self.size, int) or not 0 <= self.size <= MAX_REMOTE_FILE_BYTES:
+            raise RemoteReadError(f"the server gives the file a size of {self.size!r} bytes; not read (limit "
+                                  f"MAX_REMOTE_FILE_BYTES, {MAX_REMOTE_FILE_BYTES:,} bytes)")
         self._file = tempfile.TemporaryFile(prefix="tensorsafe-remote-")
         self.view: mmap.mmap | bytes = b""
         if self.size:
-            self._file.truncate(self.size)  # sparse: holes take no disk space
-            self.view = mmap.mmap(self._file.fileno(), self.size)
+            try:
+                self._file.truncate(self.size)  # sparse: holes take no disk space
+                self.view = mmap.mmap(self._file.fileno(), self.size)
+            except (OSError, ValueError, OverflowError) as exc:
+                self._file.close()
+                raise RemoteReadError(f"cannot hold a {self.size:,}-byte remote file for reading: {exc}") from exc
 
     # -- the interval set --------------------------------------------------------------------------
     def missing(self, lo: int, hi: int) -> list[tuple[int, int]]:
@@ -163,8 +172,9 @@ class RemoteBuffer:
             return exc
         except Exception as exc:  # any failure of the transport is an unread range, never a verdict
             return RemoteReadError(f"cannot read bytes {start:,}-{end - 1:,}: {type(exc).__name__}: {exc}")
-        self.requests += 1
-        self.bytes_read += len(data)
+        with self._count_lock:
+            self.requests += 1
+            self.bytes_read += len(data)
         if len(data) != end - start:
             return RemoteReadError(f"asked for bytes {start:,}-{end - 1:,} and got {len(data):,} bytes")
         return data
@@ -266,10 +276,13 @@ def _ran_off_window(trace: PickleTrace, buf: RemoteBuffer, stop: int) -> bool:
 
 
 def scan_buffer(name: str, buf: RemoteBuffer, policy: Policy, limits: ScanLimits = ScanLimits(), *,
-                explain: bool = False) -> FileResult:
+                explain: bool = False, deadline: float | None = None) -> FileResult:
     """Scan a remote file as the scanner scans a local one; never raises. A failed fetch, even one
-    a container reader caught, is an ``IO-03`` finding: the file was not judged. Closes ``buf``."""
+    a container reader caught, is an ``IO-03`` finding (``IO-02`` for the deadline): the file was not
+    judged. ``deadline`` (``time.monotonic``) is the one its requests run under. Closes ``buf``."""
     fs = RemoteFileScan(name, policy, limits, explain)
+    if deadline is not None:
+        fs.deadline = deadline
     fs.result.size = buf.size
     started = time.perf_counter()
     try:
@@ -279,8 +292,8 @@ def scan_buffer(name: str, buf: RemoteBuffer, policy: Policy, limits: ScanLimits
             fs.scan_span(span, Location(), 0)
     finally:
         buf.close()
-    if buf.failed is not None and not any(f.rule_id == "IO-03" for f in fs.result.findings):
-        fs.add("IO-03", buf.failed.message, Location())
+    if buf.failed is not None and not any(f.rule_id in ("IO-02", "IO-03") for f in fs.result.findings):
+        fs.add(buf.failed.rule_id, buf.failed.message, Location())
     fs.result.seconds = time.perf_counter() - started
     result = fs.finish()
     result.bytes_read = buf.bytes_read
