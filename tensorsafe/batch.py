@@ -22,11 +22,14 @@ import os
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Union
 
 from tensorsafe.limits import ScanLimits
 from tensorsafe.pickles.policy import Policy
 from tensorsafe.report import FileResult, Finding, Report
+
+if TYPE_CHECKING:
+    from tensorsafe.policy_file import PolicyConfig
 
 DEFAULT_CHUNK_SIZE = 16
 """Files per task: large enough that a tiny file does not pay a round trip of its own, small
@@ -41,11 +44,12 @@ ItemScanner = Callable[[str], "list[FileResult]"]
 
 
 # -- what runs on a worker (top-level functions, so every executor can pickle them) -------------
-def scan_item(item: str, policy: Policy | None, limits: ScanLimits | None, explain: bool) -> list[FileResult]:
-    """Scan one path exactly as :func:`tensorsafe.scan` does (its policy, its limits)."""
+def scan_item(item: str, policy: Policy, limits: ScanLimits | None, explain: bool,
+              allow_empty: bool = False) -> list[FileResult]:
+    """Scan one path exactly as :func:`tensorsafe.scan` does (the driver's policy, its limits)."""
     from tensorsafe.scanner import scan
 
-    return scan([item], policy, limits, explain=explain).files
+    return scan([item], policy, limits, explain=explain, allow_empty=allow_empty).files
 
 
 def validate_item(item: str, limits, deep: bool, overrides: Mapping[str, int] | None) -> list[FileResult]:
@@ -64,14 +68,14 @@ def run_chunk(fn: ItemScanner, items: list[str], attempt: int = 0) -> list[list[
     for item in items:
         try:
             out.append(fn(item))
-        except Exception as exc:  # a bug or a bad policy file marks this item, not the batch
+        except Exception as exc:  # a bug marks this item, not the batch
             out.append([error_result(item, exc, worker_failed=False)])
     return out
 
 
 def error_result(item: str, exc: BaseException, *, worker_failed: bool = True) -> FileResult:
     """A result that says the file was not judged (IO-01 when it could not be read, else ARC-05):
-    its worker failed, or (``worker_failed=False``) scanning it raised, e.g. for a bad policy file."""
+    its worker failed, or (``worker_failed=False``) scanning it raised."""
     rule_id = "IO-01" if isinstance(exc, OSError) else "ARC-05"
     cause = f"{type(exc).__name__}: {str(exc) or type(exc).__name__}"
     message = f"not judged: the worker failed ({cause})" if worker_failed else f"not judged: {cause}"
@@ -242,7 +246,7 @@ def _failed(task: _Task, exc: BaseException, pool: _Pool, generation: int,
 
 
 # -- public API ---------------------------------------------------------------------------------
-def expand(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[str]:
+def expand(paths: str | os.PathLike | Iterable[str | os.PathLike], *, allow_empty: bool = False) -> Iterator[str]:
     """Files under ``paths`` in the order :func:`tensorsafe.scan` takes them; URLs
     (``scheme://...``) pass through untouched, for the worker to resolve."""
     from tensorsafe.scanner import iter_files
@@ -253,24 +257,26 @@ def expand(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[s
         if isinstance(p, str) and "://" in p:
             yield p
         else:
-            yield from (os.fspath(f) for f in iter_files([p]))
+            yield from (os.fspath(f) for f in iter_files([p], allow_empty=allow_empty))
 
 
-def scan_many(paths: str | os.PathLike | Iterable[str | os.PathLike], policy: Policy | None = None,
+def scan_many(paths: str | os.PathLike | Iterable[str | os.PathLike], policy: Policy | PolicyConfig | None = None,
               limits: ScanLimits | None = None, *, explain: bool = False, executor: ExecutorLike | None = None,
               jobs: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE, ordered: bool = False,
-              max_pending: int | None = None) -> Iterator[FileResult]:
+              max_pending: int | None = None, allow_empty: bool = False) -> Iterator[FileResult]:
     """Scan files and folders on an executor, yielding each file's result as its chunk finishes.
 
-    The results are those of :func:`tensorsafe.scan` (same policy rules: without ``policy``,
-    each file gets its repository's ``[tool.tensorsafe]`` table, read on the worker), in
-    completion order, or input order with ``ordered=True``. Paths are read lazily, so millions
-    of them can stream through; they must be readable where the workers run. A file whose worker
+    The results are those of :func:`tensorsafe.scan` (same policy rules: without ``policy``, the
+    built-in policy; never a policy file found near the scanned paths), in completion order, or
+    input order with ``ordered=True``. Paths are read lazily, so millions of them can stream through; they must be readable where the workers run. A file whose worker
     fails is an error result (ARC-05 or IO-01), never clean, and the rest go on. See
     :func:`run_many` for ``executor``/``jobs``; :func:`collect` turns the stream into a Report.
     """
-    fn = functools.partial(scan_item, policy=policy, limits=limits, explain=explain)
-    return run_many(fn, expand(paths), executor=executor, jobs=jobs, chunk_size=chunk_size, ordered=ordered,
+    from tensorsafe.policy_file import resolve_policy
+
+    fn = functools.partial(scan_item, policy=resolve_policy(policy), limits=limits, explain=explain,
+                           allow_empty=allow_empty)
+    return run_many(fn, expand(paths, allow_empty=allow_empty), executor=executor, jobs=jobs, chunk_size=chunk_size, ordered=ordered,
                     max_pending=max_pending)
 
 
@@ -291,6 +297,9 @@ def validate_many(paths: str | os.PathLike | Iterable[str | os.PathLike], limits
                     chunk_size=chunk_size, ordered=ordered, max_pending=max_pending)
 
 
-def collect(results: Iterable[FileResult]) -> Report:
-    """A Report of streamed results (in the order they came)."""
-    return Report(files=list(results))
+def collect(results: Iterable[FileResult], policy: Policy | PolicyConfig | None = None) -> Report:
+    """A Report of streamed results (in the order they came); ``policy``: the one they were scanned
+    under, named in ``report.policy`` (default: the built-in policy)."""
+    from tensorsafe.policy_file import describe, resolve_policy
+
+    return Report(files=list(results), policy=describe(resolve_policy(policy)))

@@ -81,7 +81,11 @@ def _jobs_option(f):
 @_format_option
 @_jobs_option
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="TOML policy file that extends the allowlist (replaces pyproject.toml's [tool.tensorsafe]).")
+              help="TOML policy file that extends the allowlist (instead of the [tool.tensorsafe] table of the "
+                   "pyproject.toml in the folder the command runs in; a file inside a scanned path is never read).")
+@click.option("--allow-unscanned", is_flag=True, help="Let files that no reader identifies pass (never a file "
+              "with a model extension); the policy file's allow_unscanned = true.")
+@click.option("--allow-empty", is_flag=True, help="A path that yields no files is not an error.")
 @click.option("--explain", is_flag=True, help="Print fickling's decompiled view of every failing pickle.")
 @click.option("-v", "--verbose", is_flag=True, help="List clean files and every import with its tier.")
 @click.option("--max-depth", type=click.IntRange(0), default=MAX_ARCHIVE_DEPTH, show_default=True,
@@ -96,13 +100,17 @@ def _jobs_option(f):
               "beside ours; a disagreement is a HUB-01 warning.")
 @click.option("--max-remote-bytes", type=click.IntRange(1), default=DEFAULT_MAX_REMOTE_BYTES, show_default=True,
               help="hf:// paths: most bytes fetched to judge one file (past it: an IO-03 error; use --deep).")
-def scan(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file: Path | None, explain: bool,
-         verbose: bool, max_depth: int, max_decompressed: int, timeout: float, jobs: int, deep: bool,
-         hub_verdicts: bool, max_remote_bytes: int) -> None:
+def scan(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file: Path | None, allow_unscanned: bool,
+         allow_empty: bool, explain: bool, verbose: bool, max_depth: int, max_decompressed: int, timeout: float,
+         jobs: int, deep: bool, hub_verdicts: bool, max_remote_bytes: int) -> None:
     """Scan files and folders for pickles that can run code.
 
     Every file is judged by its bytes, not its name: PyTorch zip and legacy checkpoints, raw and
     compressed pickles, numpy and joblib files, tar and zip archives, nested to any depth.
+
+    The policy is --policy FILE, else the [tool.tensorsafe] table of the pyproject.toml in the
+    folder the command runs in (or above it, up to the folder holding .git), else the built-in
+    one; never a file found inside or near the scanned paths. The report names it.
 
     \b
     Examples:
@@ -112,23 +120,25 @@ def scan(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file: Pa
       tensorsafe scan hf://runwayml/stable-diffusion-v1-5/v1-5-pruned.ckpt --hub-verdicts
     """
     from tensorsafe.hub_scan import split_paths
-    from tensorsafe.policy_file import load_policy_file
     from tensorsafe.scanner import scan as scan_paths
 
-    policy = load_policy_file(policy_file).policy() if policy_file else None
+    given = paths
+    policy = _with_options(_policy_config(policy_file), allow_unscanned=allow_unscanned).policy()
     limits = ScanLimits(max_depth=max_depth, max_decompressed_bytes=max_decompressed, timeout_seconds=timeout)
     paths, urls = split_paths(paths)
     if jobs == 1:
-        report = scan_paths(paths, policy, limits, explain=explain)
+        report = scan_paths(paths, policy, limits, explain=explain, allow_empty=allow_empty)
     else:
         from tensorsafe.batch import collect, scan_many
 
-        report = collect(scan_many(paths, policy, limits, explain=explain, jobs=jobs, ordered=True))
+        report = collect(scan_many(paths, policy, limits, explain=explain, jobs=jobs, ordered=True,
+                                   allow_empty=allow_empty))
     if urls:
         from tensorsafe.cli_hub import scan_remote
 
         report.extend(scan_remote(urls, policy, limits, explain=explain, deep=deep, verdicts=hub_verdicts,
                                   max_bytes=max_remote_bytes))
+    report.policy = _policy_info(policy, given, allow_empty=allow_empty)
     _emit(report, fmt, output, verbose)
     if explain:
         for fr in report.files:
@@ -136,6 +146,45 @@ def scan(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file: Pa
                 click.echo(f"\n--- {fr.path} [{where or 'pickle'}] decompiled by fickling (not executed) ---", err=True)
                 click.echo(source, err=True)
     sys.exit(report.exit_code)
+
+
+def _policy_config(policy_file: Path | None):
+    """``--policy FILE``, else the configuration of the folder the command runs in (never a scanned path's)."""
+    from tensorsafe.policy_file import cwd_config, load_policy_file
+
+    return load_policy_file(policy_file) if policy_file is not None else cwd_config()
+
+
+def _with_options(config, *, allow_unscanned: bool = False, limits: dict | None = None):
+    """The policy's settings with the command-line options on top."""
+    from dataclasses import replace
+
+    from tensorsafe.policy_file import BUILT_IN
+
+    if allow_unscanned or limits:
+        source = config.source if config.source != BUILT_IN else f"{BUILT_IN}, with command-line options"
+        config = replace(config, allow_unscanned=config.allow_unscanned or allow_unscanned,
+                         limits={**config.limits, **(limits or {})}, source=source)
+    return config
+
+
+def _policy_info(policy, paths, *, allow_empty: bool = False):
+    """What the report says of the policy; notes a policy file that lies inside a scanned path."""
+    from dataclasses import replace
+
+    from tensorsafe.policy_file import config_path, describe
+
+    info = describe(policy, allow_empty=allow_empty)
+    where = config_path(policy.source)
+    if where is not None:
+        inside = any(_inside(Path(where), Path(p)) for p in paths if "://" not in str(p))
+        info = replace(info, inside_scanned_path=inside)
+    return info
+
+
+def _inside(file: Path, scanned: Path) -> bool:
+    file, scanned = file.resolve(), scanned.resolve()
+    return file == scanned or scanned in file.parents
 
 
 # -- safetensors headers ----------------------------------------------------------------------------
@@ -168,7 +217,8 @@ Examples:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_format_option
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="TOML policy file whose [limits] table replaces pyproject.toml's [tool.tensorsafe.limits].")
+              help="TOML policy file whose [limits] table applies (instead of the [tool.tensorsafe.limits] of "
+                   "the pyproject.toml in the folder the command runs in; never a file inside a validated path).")
 @click.option("--limit", "limit_values", multiple=True, metavar="NAME=VALUE",
               help="Set one policy limit (repeatable); the names are listed above.")
 @_jobs_option
@@ -182,13 +232,9 @@ def validate(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file
     from tensorsafe.hub_scan import split_paths
 
     overrides = dict(parse_assignment(v) for v in limit_values)
-    limits = None
-    if policy_file is not None:
-        from tensorsafe.header.validator import limits_from_config
-        from tensorsafe.policy_file import load_policy_file
-
-        config = load_policy_file(policy_file)
-        limits = limits_from_config(config.limits, config.source)
+    given = paths
+    config = _policy_config(policy_file)
+    limits = config.header_limits()
     paths, urls = split_paths(paths)
     if jobs == 1:
         report = validate_paths(paths, limits, deep=deep, overrides=overrides)
@@ -200,6 +246,7 @@ def validate(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file
         from tensorsafe.cli_hub import validate_remote
 
         report.extend(validate_remote(urls, limits, deep=deep, overrides=overrides))
+    report.policy = _policy_info(_with_options(config, limits=overrides).policy(), given)
     _emit(report, fmt, output, verbose)
     sys.exit(report.exit_code)
 

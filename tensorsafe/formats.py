@@ -25,6 +25,7 @@ def to_text(report: Report, *, verbose: bool = False) -> str:
         read, size = sum(fr.bytes_read for fr in remote), sum(fr.size or 0 for fr in remote)
         lines.append(f"read {read:,} of {size:,} bytes from the Hugging Face Hub "
                      f"({len(remote)} file{'s' if len(remote) != 1 else ''})")
+    lines.append(report.policy.summary())
     lines.append(summary_line(report))
     return "\n".join(lines)
 
@@ -50,7 +51,7 @@ def summary_line(report: Report) -> str:
         counts[fr.verdict] += 1
     n = len(report.files)
     return (f"{n} file{'s' if n != 1 else ''} scanned: {counts['clean']} clean, {counts['fail']} failed, "
-            f"{counts['error']} unreadable -> {report.verdict.upper()}")
+            f"{counts['error']} not judged -> {report.verdict.upper()}")
 
 
 def to_json(report: Report) -> dict:
@@ -61,6 +62,7 @@ def to_json(report: Report) -> dict:
         "schema_version": JSON_SCHEMA_VERSION,
         "verdict": report.verdict,
         "exit_code": report.exit_code,
+        "policy": report.policy.to_json(),
         "files": [{
             "path": fr.path,
             "kind": fr.kind,

@@ -149,6 +149,59 @@ def verdict_of(findings: list[Finding]) -> str:
     return "clean"
 
 
+@dataclass(frozen=True)
+class PolicyInfo:
+    """Which policy judged the files, and what it loosens against the built-in policy.
+
+    Attributes:
+        source: ``built-in``, a policy file's path, or ``PATH [tool.tensorsafe]`` (a pyproject table).
+        allow: Imports allowed beyond the built-in allowlist (``module:name``).
+        benign: Imports marked benign beyond the built-in list.
+        limits: Safetensors header limits set to other values than the defaults: (name, value, default).
+        allow_unscanned: Files that no reader identifies pass (never one with a model extension).
+        allow_empty: A path that yields no files is not an error.
+        inside_scanned_path: The policy's file lies inside one of the scanned paths.
+    """
+
+    source: str = "built-in"
+    allow: tuple[str, ...] = ()
+    benign: tuple[str, ...] = ()
+    limits: tuple[tuple[str, int, int], ...] = ()
+    allow_unscanned: bool = False
+    allow_empty: bool = False
+    inside_scanned_path: bool = False
+
+    @property
+    def loosened(self) -> dict:
+        """What the policy changes, in the JSON and SARIF shape."""
+        return {"allow": list(self.allow), "benign": list(self.benign),
+                "limits": {name: {"value": value, "default": default} for name, value, default in self.limits},
+                "allow_unscanned": self.allow_unscanned, "allow_empty": self.allow_empty}
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "loosened": self.loosened, "inside_scanned_path": self.inside_scanned_path}
+
+    def summary(self) -> str:
+        """One line: ``policy: SOURCE (allows 2 extra imports: a:b, c:d; ...)``."""
+        parts = []
+        if self.allow:
+            parts.append(f"allows {_count(self.allow, 'extra import')}: {', '.join(self.allow)}")
+        if self.benign:
+            parts.append(f"marks {_count(self.benign, 'extra import')} benign: {', '.join(self.benign)}")
+        if self.limits:
+            parts.append("header limits " + ", ".join(f"{n}={v} (default {d})" for n, v, d in self.limits))
+        if self.allow_unscanned:
+            parts.append("lets unscanned non-model files pass")
+        if self.allow_empty:
+            parts.append("lets paths with no files pass")
+        where = " [inside a scanned path]" if self.inside_scanned_path else ""
+        return f"policy: {printable(self.source)}{where} ({'; '.join(parts) or 'nothing loosened'})"
+
+
+def _count(items: tuple, noun: str) -> str:
+    return f"{len(items)} {noun}{'s' if len(items) != 1 else ''}"
+
+
 @dataclass
 class Report:
     """What :func:`tensorsafe.scan` and :func:`tensorsafe.validate` return: one result per file.
@@ -159,9 +212,11 @@ class Report:
         verdict: ``clean``, ``fail`` (a finding fails the policy) or ``error`` (a file could not be judged).
         exit_code: 0, 1 or 2, as the command line exits.
         clean: ``True`` when the verdict is ``clean``.
+        policy: Which policy judged the files and what it loosened.
     """
 
     files: list[FileResult] = field(default_factory=list)
+    policy: PolicyInfo = field(default_factory=PolicyInfo)
 
     @property
     def findings(self) -> list[Finding]:

@@ -62,6 +62,7 @@ def to_sarif(report: Report, base: str | os.PathLike | None = None) -> dict:
             }},
             "originalUriBaseIds": {SRCROOT: {"uri": root_uri if root_uri.endswith("/") else root_uri + "/"}},
             "results": results,
+            "properties": {"policy": report.policy.to_json()},
         }],
     }
 

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from tensorsafe.blob import MappedFile, Span
 from tensorsafe.explain import MAX_EXPLAIN_BYTES, decompile
@@ -20,9 +21,20 @@ from tensorsafe.rules import Outcome
 from tensorsafe.report import FileResult, Finding, ImportUse, Location, Report
 from tensorsafe.sniff import Kind, may_hold_zip_at_end, sniff
 
-STRUCTURE_RULES = frozenset({"PK-S01", "PK-S02", "PK-S03", "PK-S05", "PK-L01"})
+if TYPE_CHECKING:
+    from tensorsafe.policy_file import PolicyConfig
+
+STRUCTURE_RULES = frozenset({"PK-S01", "PK-S02", "PK-S03", "PK-S05", "PK-S06", "PK-L01"})
 POLYGLOT_FRONT_KINDS = frozenset({Kind.PICKLE, Kind.UNKNOWN})
 """Fronts that torch.load unpickles while zipfile finds a zip at the end of the same bytes."""
+OWN_FRONT_KINDS = frozenset({Kind.PICKLE, Kind.UNKNOWN, Kind.ZIP, Kind.SAFETENSORS})
+"""Kinds whose first bytes are walked as a pickle by their own reader (or cannot start one: a zip's
+``PK`` is PERSID, which stops any unpickler without a persistent_load). Every other kind's front is
+walked too, since ``pickle.load`` reads any file from byte 0: a tar whose first member name is a pickle."""
+TRAILING_ZIP_TOO_KINDS = frozenset({Kind.GGUF, Kind.HDF5, Kind.NPY})
+"""Model formats read whole by their own reader that ``zipfile.is_zipfile`` (Keras, numpy) would
+also open as a zip found at their end: both readings are scanned. (A tar's last member may
+itself be a zip; the tar reader scans it as a member.)"""
 SKIPPED_DIRECTORIES = frozenset({".git", ".hg", ".svn", "__pycache__"})
 
 
@@ -112,7 +124,11 @@ class FileScan:
         if kind in POLYGLOT_FRONT_KINDS and may_hold_zip_at_end(span) \
                 and dispatch.scan_trailing_zip(self, span, location, depth):
             return
+        if kind not in OWN_FRONT_KINDS:
+            dispatch.scan_pickle_front(self, span, location, depth)
         dispatch.scan_kind(self, kind, span, location, depth, pickle_expected)
+        if kind in TRAILING_ZIP_TOO_KINDS and may_hold_zip_at_end(span):
+            dispatch.scan_trailing_zip(self, span, location, depth)
 
     def finish(self) -> FileResult:
         r = self.result
@@ -122,7 +138,7 @@ class FileScan:
         return r
 
 
-COMPRESSION_KINDS = frozenset({"gzip", "bz2", "xz", "lzma", "zlib"})
+COMPRESSION_KINDS = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "lz4", "zstd", "joblib-zfile"})
 
 
 def _kind_name(kinds: list[str]) -> str:
@@ -152,12 +168,41 @@ def scan_file(path: str | os.PathLike, policy: Policy = DEFAULT_POLICY, limits: 
     """
     fs = FileScan(os.fspath(path), policy, limits, explain)
     started = time.perf_counter()
+    if _not_a_regular_file(fs):
+        return fs.finish()
     with findings_for_errors(fs):
         with MappedFile(path) as mf, collector_paused():  # see collector_paused: 10-15% of a scan
             fs.result.size = mf.span.size
             fs.scan_span(mf.span, Location(), 0)
     fs.result.seconds = time.perf_counter() - started
     return fs.finish()
+
+
+def _not_a_regular_file(fs: FileScan) -> bool:
+    """Folders (met when they cannot be listed or hold nothing) and special files are reported
+    here: opening a FIFO would wait for a writer, a device has no end."""
+    try:
+        mode = os.stat(fs.path).st_mode
+    except (OSError, ValueError):
+        return False  # the open reports it (IO-01)
+    if stat.S_ISREG(mode):
+        return False
+    where = Location()
+    if stat.S_ISDIR(mode):
+        fs.note_kind("folder")
+        if os.path.islink(fs.path):
+            fs.add("SCAN-04", "a symlink to a folder: not followed (scan its target directly)", where)
+            return True
+        try:
+            os.listdir(fs.path)
+        except OSError as exc:
+            fs.add("SCAN-04", f"the folder cannot be listed: {exc.strerror or exc}", where)
+            return True
+        fs.add("SCAN-04", "the path holds no files to scan (--allow-empty accepts that)", where)
+        return True
+    fs.note_kind("special")
+    fs.add("SCAN-01", "not a regular file (a FIFO, socket or device): not read", where)
+    return True
 
 
 @contextmanager
@@ -178,45 +223,76 @@ def findings_for_errors(fs: FileScan) -> Iterator[None]:
                Location())
 
 
-def iter_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Every file under ``paths`` (folders recursively, VCS folders skipped), in a stable order."""
+def iter_files(paths: Iterable[str | os.PathLike], *, allow_empty: bool = False) -> Iterator[Path]:
+    """Every file under ``paths`` (folders recursively, VCS folders skipped), in a stable order.
+
+    Problems are yielded, not dropped, so that :func:`scan_file` reports them (SCAN-04): a folder
+    that cannot be listed, a symlink to a folder met on the walk (not followed), and a given path
+    that holds no file at all (unless ``allow_empty``)."""
     for p in paths:
         path = Path(p)
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRECTORIES)
-                for name in sorted(files):
-                    yield Path(root) / name
-        else:
+        if not path.is_dir():
+            yield path
+            continue
+        found = False
+        for item in _walk_folder(path):
+            found = True
+            yield item
+        if not found and not allow_empty:
             yield path
 
 
-def scan(paths: str | os.PathLike | Iterable[str | os.PathLike], policy: Policy | None = None,
-         limits: ScanLimits | None = None, *, explain: bool = False) -> Report:
+def _walk_folder(folder: Path) -> Iterator[Path]:
+    unlisted: list[Path] = []
+    for root, dirs, files in os.walk(folder, onerror=lambda exc: unlisted.append(Path(exc.filename))):
+        yield from unlisted
+        unlisted.clear()
+        kept = []
+        for d in sorted(d for d in dirs if d not in SKIPPED_DIRECTORIES):
+            if os.path.islink(os.path.join(root, d)):
+                yield Path(root) / d
+            else:
+                kept.append(d)
+        dirs[:] = kept
+        for name in sorted(files):
+            yield Path(root) / name
+    yield from unlisted
+
+
+def scan(paths: str | os.PathLike | Iterable[str | os.PathLike], policy: Policy | PolicyConfig | None = None,
+         limits: ScanLimits | None = None, *, explain: bool = False, allow_empty: bool = False) -> Report:
     """Scan files and folders; the library form of ``tensorsafe scan``.
 
-    Without ``policy``, each file gets the built-in policy extended by the ``[tool.tensorsafe]``
-    table of the nearest pyproject.toml in its repository. ``hf://OWNER/REPO[@REV][/PATH]`` URLs
-    are scanned on the Hub by range requests (:func:`tensorsafe.hub_scan.scan_hub` has the options).
+    Without ``policy``, the built-in policy: no policy is ever read from a file near the scanned
+    paths (:func:`tensorsafe.load_policy` loads one to pass). ``report.policy`` names the policy and
+    what it loosened. ``allow_empty``: a path that yields no files is not an error.
+    ``hf://OWNER/REPO[@REV][/PATH]`` URLs are scanned on the Hub by range requests
+    (:func:`tensorsafe.hub_scan.scan_hub` has the options).
     """
     from tensorsafe.hub import is_hub_url
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    report = Report()
+    policy = _policy_for(policy)
+    report = Report(policy=_describe(policy, allow_empty))
     for given in paths:
         if is_hub_url(given):
             from tensorsafe.hub_scan import scan_hub
 
             report.files += scan_hub(given, policy, limits, explain=explain).files
             continue
-        for path in iter_files([given]):
-            file_policy = policy if policy is not None else _policy_for(path)
-            report.files.append(scan_file(path, file_policy, limits or ScanLimits(), explain=explain))
+        for path in iter_files([given], allow_empty=allow_empty):
+            report.files.append(scan_file(path, policy, limits or ScanLimits(), explain=explain))
     return report
 
 
-def _policy_for(path: Path) -> Policy:
-    from tensorsafe.policy_file import policy_for_path
+def _policy_for(policy: Policy | PolicyConfig | None) -> Policy:
+    from tensorsafe.policy_file import resolve_policy
 
-    return policy_for_path(path)
+    return resolve_policy(policy)
+
+
+def _describe(policy: Policy, allow_empty: bool):
+    from tensorsafe.policy_file import describe
+
+    return describe(policy, allow_empty=allow_empty)

@@ -51,6 +51,9 @@ in torch, for the C model). There the oracle keeps going where the loader might 
 report imports the loader never reaches; as far as the rules above go, it never misses one the
 loader does reach before its first error. Loaders outside this list (dill, cloudpickle, pandas,
 the oldest torch tar layout) are not modelled: their members are only followed as plain files.
+Nor is ``_pickle`` reading a file object without ``peek`` (``torch.load`` of a zip member): a
+read that crosses a frame's end is taken afresh from after the frame there; the scanner fails
+every such stream (PK-S06), which tests/test_pickle_framing.py checks against the real unpicklers.
 """
 from __future__ import annotations
 

@@ -106,16 +106,16 @@ def test_plain_pickles_of_every_protocol_clean(scan_bytes, protocol):
     assert report.verdict == "clean", [str(f) for f in report.findings]
 
 
-def test_non_model_files_are_not_pickles(tmp_path):
+def test_text_files_beside_models_are_identified_as_text_not_pickles(tmp_path):
     (tmp_path / "README.md").write_text("# Model card\n\nNothing to see.\n")
     (tmp_path / "config.json").write_text('{"a": 1}')
     (tmp_path / "model.py").write_text("import os\nimport sys\n\nclass Foo:\n    pass\n")
     (tmp_path / "inst.py").write_text("import torch.nn as nn\n")
-    (tmp_path / "empty.bin").write_bytes(b"")
-    (tmp_path / "zeros.bin").write_bytes(bytes(4096))
+    (tmp_path / "notes.txt").write_text("caf\u00e9 \u2014 \U0001f600\n", encoding="utf-8")
+    (tmp_path / ".gitkeep").write_bytes(b"")
     report = tensorsafe.scan(tmp_path)
     assert report.verdict == "clean", [str(f) for f in report.findings]
-    assert {f.kind for f in report.files} == {"other"}
+    assert {f.kind for f in report.files} == {"text", "empty"}
     assert rule_ids(report) == set()
 
 

@@ -110,15 +110,17 @@ def test_bad_policy_file_is_a_one_line_error(runner, tmp_path):
     assert "not valid TOML" in result.output and "Traceback" not in result.output
 
 
-def test_pyproject_table_of_the_scanned_repository(runner, tmp_path):
+def test_pyproject_table_of_the_scanned_repository_is_not_policy(runner, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     (repo / ".git").mkdir(parents=True)
     (repo / "pyproject.toml").write_text('[tool.tensorsafe]\nallow = ["mylab.schedules.Cosine"]\n')
     (repo / "weights").mkdir()
     (repo / "weights" / "custom.bin").write_bytes(CUSTOM)
-    assert runner.invoke(main, ["scan", str(repo)]).exit_code == 0
-    (tmp_path / "elsewhere.bin").write_bytes(CUSTOM)
-    assert runner.invoke(main, ["scan", str(tmp_path / "elsewhere.bin")]).exit_code == 1
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert runner.invoke(main, ["scan", str(repo / "weights" / "custom.bin")]).exit_code == 1
+    monkeypatch.chdir(repo)  # run from the repository: its configuration is the gate's own
+    assert runner.invoke(main, ["scan", str(repo / "weights" / "custom.bin")]).exit_code == 0
 
 
 def test_explain_prints_the_decompiled_pickle(runner, tmp_path):

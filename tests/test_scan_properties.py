@@ -499,7 +499,8 @@ def _joblib_wrapper_state(n: int, code: str = "u1") -> bytes:
     """BUILD state of a joblib NumpyArrayWrapper for ``n`` elements of ``code`` (no alignment padding)."""
     return (b"}(" + _su("subclass") + _su("numpy") + _su("ndarray") + b"\x93" + _su("shape") + b"K" + bytes([n])
             + b"\x85" + _su("order") + _su("C") + _su("dtype") + _su("numpy") + _su("dtype") + b"\x93" + _su(code)
-            + b"\x89\x88\x87R(K\x03" + _su("|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+            + b"\x89\x88\x87R(K\x03" + _su("|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK"
+            + bytes([63 if code == "O" else 0]) + b"tb"  # numpy's flags: 63 for object dtypes
             + _su("allow_mmap") + b"\x89ub")
 
 

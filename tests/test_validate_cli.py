@@ -90,11 +90,14 @@ def test_policy_file_unknown_limit(files, tmp_path):
     assert result.exit_code == 2 and "unknown limit 'max_tensor'" in result.output
 
 
-def test_pyproject_limits_apply(tmp_path):
+def test_pyproject_limits_apply(tmp_path, monkeypatch):
     (tmp_path / ".git").mkdir()
     (tmp_path / "pyproject.toml").write_text("[tool.tensorsafe.limits]\nmax_tensors = 1\n")
     path = tmp_path / "m.safetensors"
     path.write_bytes(model([("a", "U8", (1,)), ("b", "U8", (1,))]))
+    assert _run("validate", path).exit_code == 0  # the pyproject next to the file is not the run's policy
+    assert _run("scan", path).exit_code == 0
+    monkeypatch.chdir(tmp_path)  # the folder the command runs in: its pyproject applies
     assert _run("validate", path).exit_code == 1
     assert _run("scan", path).exit_code == 1  # scan applies the same header limits
     assert _run("validate", path, "--limit", "max_tensors=5").exit_code == 0

@@ -133,8 +133,9 @@ def test_a_front_that_may_start_a_pickle_is_walked(tmp_path, monkeypatch):
     assert native.clean_size(str(path), HeaderLimits()) == -len(data)
     assert fastpath.clean_size(str(path), HeaderLimits()) == len(data)  # walked: no STOP
     walked = []
-    monkeypatch.setattr(polyglot, "pickle_at_front", lambda src, n: walked.append(n) or "a pickle")
-    assert fastpath.clean_size(str(path), HeaderLimits()) is None and walked == [len(data) - 8 - 3]
+    acts = polyglot.PickleFront(None, 0, polyglot.Issue("ST-P08", "a pickle"))
+    monkeypatch.setattr(polyglot, "pickle_front", lambda src, bounds=None: walked.append(src.size) or acts)
+    assert fastpath.clean_size(str(path), HeaderLimits()) is None and walked == [len(data)]
 
 
 # -- hostile input ---------------------------------------------------------------------------------

@@ -253,14 +253,15 @@ def test_zip_in_last_tensor_is_a_polyglot(tmp_path):
     assert zipfile.is_zipfile(_file(tmp_path, data, "z.safetensors"))
 
 
-def test_pickle_front_is_a_polyglot(tmp_path):
-    # N = 11,869 = 0x2E5D: the file starts with "]." (EMPTY_LIST, STOP), a complete pickle
+def test_data_only_pickle_front_is_an_advisory(tmp_path):
+    # N = 11,869 = 0x2E5D: the file starts with "]." (EMPTY_LIST, STOP), a complete pickle that
+    # imports and calls nothing (ST-P08 for fronts that act: tests/test_polyglot_front.py)
     header, size = entries([("a", "U8", (4,))])
     text = _j(header).encode()
     data = struct.pack("<Q", 11_869) + text + b" " * (11_869 - len(text)) + bytes(size)
     assert data[:2] == b"]."
     report, ids = _findings(tmp_path, data)
-    assert "ST-P08" in ids and report.exit_code == 1
+    assert "ST-A04" in ids and "ST-P08" not in ids and report.exit_code == 0
 
 
 def test_scan_judges_the_pickle_front_of_a_polyglot(tmp_path):
@@ -269,7 +270,8 @@ def test_scan_judges_the_pickle_front_of_a_polyglot(tmp_path):
     data = struct.pack("<Q", 11_869) + text + b" " * (11_869 - len(text)) + bytes(size)
     report = tensorsafe.scan(_file(tmp_path, data, "front.bin"))
     ids = [f.rule_id for f in report.findings]
-    assert "ST-P08" in ids and report.files[0].kind == "safetensors" and report.files[0].pickles == 1
+    assert "ST-A04" in ids and report.files[0].kind == "safetensors" and report.files[0].pickles == 1
+    assert report.exit_code == 0
 
 
 # -- advisories -----------------------------------------------------------------------------------------

@@ -4,21 +4,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tensorsafe.blob import Span
-from tensorsafe.containers.decompress import DecompressError, decompress
+from tensorsafe.containers.identify import identify_unknown, report_lfs_pointer
+from tensorsafe.containers.decompress import DecompressError, NotOpened, decompress
 from tensorsafe.containers.numpy_files import read_npy_header
 from tensorsafe.containers.pickle_stream import scan_pickle_stream
 from tensorsafe.containers.tar_scan import scan_tar
 from tensorsafe.containers.zip import open_zip
 from tensorsafe.containers.zip_scan import scan_zip_view
 from tensorsafe.errors import LimitExceeded, ParseError
+from tensorsafe.pickles.front import cannot_be_pickle, front_effects
 from tensorsafe.report import Location
-from tensorsafe.sniff import Kind
+from tensorsafe.sniff import Kind, joblib_zfile_data_offset, unopened_format
 
 if TYPE_CHECKING:
     from tensorsafe.scanner import FileScan
 
-COMPRESSED = {Kind.GZIP: "gzip", Kind.BZ2: "bz2", Kind.XZ: "xz", Kind.LZMA: "lzma", Kind.ZLIB: "zlib"}
-WEAK_MAGIC = frozenset({Kind.LZMA, Kind.ZLIB})
+COMPRESSED = {Kind.GZIP: "gzip", Kind.BZ2: "bz2", Kind.XZ: "xz", Kind.LZMA: "lzma", Kind.ZLIB: "zlib",
+              Kind.LZ4: "lz4", Kind.ZSTD: "zstd", Kind.JOBLIB_ZFILE: "zlib"}
+SINGLE_STREAM = frozenset({Kind.ZLIB, Kind.JOBLIB_ZFILE})
+"""joblib reads one zlib stream (a Z-file with ``zlib.decompress``, which ignores what follows)."""
+WEAK_MAGIC = frozenset({Kind.LZMA, Kind.ZLIB, Kind.JOBLIB_ZFILE})
 """Magic bytes that ordinary data can start with: a failed decompression means "not this kind"."""
 
 
@@ -28,6 +33,10 @@ def scan_kind(fs: "FileScan", kind: Kind, span: Span, location: Location, depth:
         scan_zip(fs, span, location, depth)
     elif kind in COMPRESSED:
         scan_compressed(fs, kind, span, location, depth, pickle_expected)
+    elif kind is Kind.UNOPENED:
+        name = unopened_format(span.head(16)) or "archive"
+        fs.note_kind(name)
+        fs.add("ARC-06", f"{name}: tensorsafe does not open it; unpack it and scan the files", location, name)
     elif kind is Kind.NPY:
         scan_npy(fs, span, location, depth)
     elif kind is Kind.TAR:
@@ -36,13 +45,32 @@ def scan_kind(fs: "FileScan", kind: Kind, span: Span, location: Location, depth:
         from tensorsafe.header.scan_hook import scan_safetensors  # the header checks (ST-*) and polyglot fronts
 
         scan_safetensors(fs, span, location, depth)
-    else:
-        scan_pickle_stream(fs, span, location, depth, expected=pickle_expected or kind is Kind.PICKLE)
-        if fs.kinds and fs.kinds[-1] == "other" and _broken_safetensors(fs, span, location):
-            from tensorsafe.header.scan_hook import scan_safetensors
+    elif kind is Kind.GGUF:
+        from tensorsafe.containers.gguf import scan_gguf
 
-            fs.kinds.pop()
-            scan_safetensors(fs, span, location, depth)
+        scan_gguf(fs, span, location)
+    elif kind is Kind.HDF5:
+        from tensorsafe.containers.hdf5 import scan_hdf5
+
+        scan_hdf5(fs, span, location, depth)
+    elif not scan_pickle_stream(fs, span, location, depth, expected=pickle_expected or kind is Kind.PICKLE):
+        scan_not_pickle(fs, span, location, depth)
+
+
+def scan_not_pickle(fs: "FileScan", span: Span, location: Location, depth: int) -> None:
+    """Bytes that are no pickle: a Git LFS pointer, safetensors with a lying header, a plain format, or unscanned."""
+    if report_lfs_pointer(fs, span, location):
+        return
+    if _broken_safetensors(fs, span, location):
+        from tensorsafe.header.scan_hook import scan_safetensors
+
+        scan_safetensors(fs, span, location, depth)
+        return
+    from tensorsafe.containers.onnx_model import scan_onnx_candidate
+
+    if scan_onnx_candidate(fs, span, location):  # ONNX has no magic bytes: a protobuf ModelProto that parses
+        return
+    identify_unknown(fs, span, location)
 
 
 def _broken_safetensors(fs: "FileScan", span: Span, location: Location) -> bool:
@@ -63,6 +91,18 @@ def scan_zip(fs: "FileScan", span: Span, location: Location, depth: int) -> None
     scan_zip_view(fs, view, location, depth)
 
 
+def scan_pickle_front(fs: "FileScan", span: Span, location: Location, depth: int) -> None:
+    """The bytes ``pickle.load`` would read first, whatever else the span is: judged when they
+    reach an import or a call before the unpickler would stop (parse errors are expected)."""
+    if cannot_be_pickle(span.head(3)):
+        return
+    trace = fs.walk(span.buf, span.start, span.end)
+    if isinstance(trace.error, LimitExceeded):
+        fs.add_error(trace.error, "PK-L01", location.inside("<pickle at start>"))
+    if front_effects(trace):
+        fs.judge(trace, span, location.inside("<pickle at start>"), depth, structure=False)
+
+
 def scan_trailing_zip(fs: "FileScan", span: Span, location: Location, depth: int) -> bool:
     """A zip found by its end record in a file that does not start like one (a polyglot)."""
     try:
@@ -77,25 +117,35 @@ def scan_trailing_zip(fs: "FileScan", span: Span, location: Location, depth: int
 
 def scan_compressed(fs: "FileScan", kind: Kind, span: Span, location: Location, depth: int,
                     pickle_expected: bool) -> None:
-    method = COMPRESSED[kind]
+    method, name = COMPRESSED[kind], kind.value
+    body = span
+    if kind is Kind.JOBLIB_ZFILE:
+        body = span.sub(joblib_zfile_data_offset(span.head(64)) or 0, span.size)
     try:
-        data = decompress(span, method, fs.limits.max_decompressed_bytes, multi_stream=kind is not Kind.ZLIB)
+        data = decompress(body, method, fs.limits.max_decompressed_bytes, multi_stream=kind not in SINGLE_STREAM,
+                          allow_trailing=kind is Kind.JOBLIB_ZFILE, deadline=fs.deadline)
+    except NotOpened as exc:
+        fs.note_kind(name)
+        fs.add("ARC-06", exc.message, location, name)
+        return
     except LimitExceeded as exc:
-        fs.note_kind(method)
-        fs.add_error(exc, "ARC-03", location)
+        fs.note_kind(name)
+        if exc.limit != "MAX_SCAN_SECONDS" or fs.check_deadline(location):
+            fs.add_error(exc, "ARC-03", location)
         return
     except DecompressError as exc:
         if kind in WEAK_MAGIC and not exc.partial:
-            scan_pickle_stream(fs, span, location, depth, expected=pickle_expected)
+            if not scan_pickle_stream(fs, span, location, depth, expected=pickle_expected):
+                scan_not_pickle(fs, span, location, depth)
             return
-        fs.note_kind(method)
-        fs.add("ARC-02", f"{method} stream cannot be decompressed: {exc.message}", location)
+        fs.note_kind(name)
+        fs.add("ARC-02", f"{name} stream cannot be decompressed: {exc.message}", location)
         if exc.partial:
-            fs.scan_span(Span.of_bytes(exc.partial), location.inside(f"<{method}, partial>"), depth + 1,
+            fs.scan_span(Span.of_bytes(exc.partial), location.inside(f"<{name}, partial>"), depth + 1,
                          pickle_expected=True)
         return
-    fs.note_kind(method)
-    fs.scan_span(Span.of_bytes(data), location.inside(f"<{method}>"), depth + 1, pickle_expected=pickle_expected)
+    fs.note_kind(name)
+    fs.scan_span(Span.of_bytes(data), location.inside(f"<{name}>"), depth + 1, pickle_expected=pickle_expected)
 
 
 def scan_npy(fs: "FileScan", span: Span, location: Location, depth: int) -> None:

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import ast
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tensorsafe.blob import Span
 from tensorsafe.errors import ParseError
 from tensorsafe.sniff import NPY_MAGIC
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_NPY_HEADER_BYTES = 1 << 20
 
@@ -62,7 +67,19 @@ def _has_object(descr: object) -> bool:
     """Does the dtype hold Python objects anywhere (plain or nested in a record)?"""
     from numpy.lib import format as npformat
 
+    return bool(numpy_dtype(descr, ".npy", npformat.descr_to_dtype).hasobject)
+
+
+def numpy_dtype(spec: object, what: str, build: Callable[[object], np.dtype] | None = None) -> np.dtype:
+    """numpy's own dtype for a literal spec (a type string, a descr list, a field dict of dtypes).
+
+    The one place where a dtype's item size and object-ness are computed, for ``.npy`` headers and
+    joblib arrays alike: numpy builds it from plain data (strings, ints, tuples, dtypes), so nothing
+    from the file runs. ``build`` is ``np.dtype`` unless given (``.npy`` uses ``descr_to_dtype``).
+    """
+    import numpy as np
+
     try:
-        return bool(npformat.descr_to_dtype(descr).hasobject)
-    except Exception:  # numpy parses the descr itself and raises many kinds of errors on hostile ones
-        raise ParseError(f".npy dtype {str(descr)[:80]!r} cannot be understood") from None
+        return (build or np.dtype)(spec)
+    except Exception:  # numpy raises many kinds of errors (and warnings as errors) on hostile specs
+        raise ParseError(f"{what} dtype {str(spec)[:80]!r} cannot be understood") from None

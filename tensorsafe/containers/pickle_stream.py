@@ -37,25 +37,26 @@ def _importable(module: str) -> bool:
     return bool(first) and not any(c.isspace() or c in "\0/" for c in first)
 
 
-def scan_pickle_stream(fs: "FileScan", span: Span, location: Location, depth: int, *, expected: bool) -> None:
+def scan_pickle_stream(fs: "FileScan", span: Span, location: Location, depth: int, *, expected: bool) -> bool:
+    """Walk and judge the pickles of ``span``; False (nothing recorded) when it is no pickle."""
     hook = JoblibArrays(fs, span, location, depth)
     first = fs.walk(span.buf, span.start, span.end, hook)
     if not expected and not looks_like_pickle(first):
-        fs.note_kind("other")
-        return
+        return False
     fs.note_kind("joblib" if hook.seen else "pickle")
     _judge(fs, first, span, location, depth)
     if hook.seen:
         # pickle.load and torch.load read joblib's array bytes as opcodes: judge that view too
         # (its parse errors are expected: only what it would import or call counts).
-        fs.judge(fs.walk(span.buf, span.start, span.end), span, location, depth, structure=False)
+        fs.judge(fs.walk(span.buf, span.start, span.end, hook.plain_view()), span, location, depth, structure=False)
     if not first.stopped:
-        return
+        return True
     if first.root == TORCH_LEGACY_MAGIC_NUMBER:
         fs.kinds[-1] = "pytorch-legacy"
         scan_legacy_rest(fs, span, first.end, location, depth)
-        return
+        return True
     scan_after_stop(fs, span, first.end, location, depth, hook)
+    return True
 
 
 def _judge(fs: "FileScan", trace: PickleTrace, span: Span, location: Location, depth: int) -> None:

@@ -39,15 +39,40 @@ def scan_tar(fs: "FileScan", span: Span, location: Location, depth: int) -> None
         if _unsafe_name(m):
             fs.add("ARC-04", f"tar member {m.name!r} is {'a link' if (m.issym() or m.islnk()) else 'an unsafe path'}",
                    where, m.name)
-        if not m.isfile():
+        if not _has_data(m):
             continue
-        body = span.sub(m.offset_data, m.size)
+        try:
+            body = _member_body(span, m, fs.limits.max_decompressed_bytes)
+        except LimitExceeded as exc:
+            fs.add_error(exc, "ARC-03", where)
+            continue
+        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            fs.add("ARC-05", f"tar member {m.name!r} cannot be read: {exc}", where)
+            continue
         if torch_tar and m.name == "storages":
             _scan_torch_storages(fs, body, where, depth + 1)
         elif torch_tar and m.name == "tensors":
             _scan_torch_tensors(fs, body, where, depth + 1)
         else:
             fs.scan_span(body, where, depth + 1, pickle_expected=torch_tar and m.name in TORCH_TAR_MEMBERS)
+
+
+def _has_data(m: tarfile.TarInfo) -> bool:
+    """``tarfile.extractfile`` reads a member of an unknown type as a regular file."""
+    return m.isreg() or m.type not in tarfile.SUPPORTED_TYPES
+
+
+def _member_body(span: Span, m: tarfile.TarInfo, limit: int) -> Span:
+    """The bytes ``extractfile`` returns: a sparse member's data chunks are spread out over its
+    holes (zeros), so it is rebuilt the way tarfile rebuilds it, within the decompression bound."""
+    if m.sparse is None:
+        return span.sub(m.offset_data, m.size)
+    if m.size > limit:
+        raise LimitExceeded("MAX_DECOMPRESSED_BYTES", limit, f"sparse tar member expands to {m.size:,} bytes")
+    with tarfile.open(fileobj=span.reader(), mode="r:") as tar:
+        member = tar.extractfile(m)
+        data = member.read() if member is not None else b""
+    return Span.of_bytes(data)
 
 
 def _members(span: Span, max_members: int) -> list[tarfile.TarInfo]:

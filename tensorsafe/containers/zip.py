@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from tensorsafe.blob import Span
-from tensorsafe.containers.decompress import MAX_DECOMPRESSED_BYTES, decompress
+from tensorsafe.containers.decompress import MAX_DECOMPRESSED_BYTES, NotOpened, decompress
 from tensorsafe.containers.zip_directory import Entry, ZipDirectoryError, read_directory
 from tensorsafe.errors import LimitExceeded, ParseError
 from tensorsafe.sniff import ZIP_EOCD_SEARCH
@@ -24,8 +24,14 @@ MAX_CENTRAL_DIRECTORY_BYTES = 256 << 20
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 NORMAL_FLAG_BITS = 0x0002 | 0x0004 | 0x0008 | 0x0800
 """Deflate options (bits 1-2), data descriptor (bit 3), UTF-8 names (bit 11)."""
+ZIP_ZSTANDARD = 93
 METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bz2",
-           zipfile.ZIP_LZMA: "lzma"}
+           zipfile.ZIP_LZMA: "lzma-alone", ZIP_ZSTANDARD: "zstd"}
+"""Every method a Python zip reader decodes (zstd: Python 3.14's zipfile), as that reader decodes it."""
+UNOPENED_METHODS = {1: "shrink", 2: "reduce", 3: "reduce", 4: "reduce", 5: "reduce", 6: "implode",
+                    9: "deflate64", 10: "PKWARE DCL implode", 18: "IBM TERSE", 19: "IBM LZ77", 20: "zstd (old id)",
+                    95: "xz", 96: "jpeg", 97: "wavpack", 98: "ppmd", 99: "AES encryption"}
+LZMA_PROPS_SIZE = 5
 
 
 @dataclass
@@ -180,37 +186,44 @@ def _check_layout(view: ZipView, start_dir: int) -> None:
                                       None, 0))
 
 
-def member_span(view: ZipView, m: Member, limit: int = MAX_DECOMPRESSED_BYTES) -> tuple[Span, bool]:
+def member_span(view: ZipView, m: Member, limit: int = MAX_DECOMPRESSED_BYTES,
+                deadline: float | None = None) -> tuple[Span, bool]:
     """The member's bytes (a window for stored members) and whether they match the CRC-32.
 
     Flags and CRCs are not obeyed, only reported: torch's reader ignores both, so a member marked
     encrypted or with a wrong CRC is still read, and scanned, the way torch would read it.
+    A method no Python zip reader decodes is ``NotOpened`` (ARC-06): unscanned, never skipped.
     """
     method = METHODS.get(m.method)
     if method is None:
-        raise ParseError(f"unsupported compression method {m.method}")
+        name = UNOPENED_METHODS.get(m.method, "unknown")
+        raise NotOpened(f"member {m.name!r} uses compression method {m.method} ({name}), which tensorsafe does "
+                        "not decode; its bytes were not scanned")
     raw = view.span.sub(m.data_offset, m.compressed_size)
     if raw.size != m.compressed_size:
         raise ParseError("member data runs past the end of the file")
     if method == "stored":
         return raw, _crc32(raw) == m.crc
-    if method == "lzma":
-        raw = _strip_zip_lzma_header(raw)
-    data = decompress(raw, method, limit, allow_trailing=True)
+    if method == "lzma-alone":
+        raw = _zip_lzma_as_alone(raw, m.size)
+    data = decompress(raw, method, limit, allow_trailing=True, deadline=deadline)
     if len(data) != m.size:
         raise ParseError(f"decompresses to {len(data):,} bytes, the directory says {m.size:,}")
     return Span.of_bytes(data), zlib.crc32(data) == m.crc
 
 
-def _strip_zip_lzma_header(raw: Span) -> Span:
-    """Zip's LZMA members start with a 4-byte version/size header and raw LZMA properties;
-    rewritten as the lzma "alone" format (properties, unknown-size marker, stream)."""
+def _zip_lzma_as_alone(raw: Span, size: int) -> Span:
+    """Zip's LZMA members start with a 4-byte header (LZMA SDK version, properties size) and the raw
+    LZMA1 properties; ``zipfile`` decodes them as raw LZMA1 and keeps ``file_size`` bytes. The same
+    decoding through a public API: the lzma "alone" format with that size (an end marker is optional)."""
     head = raw.read(0, 4)
     if len(head) < 4:
         raise ParseError("LZMA member header is truncated")
     props_size = struct.unpack_from("<H", head, 2)[0]
+    if props_size != LZMA_PROPS_SIZE:
+        raise ParseError(f"LZMA member properties are {props_size} bytes, not {LZMA_PROPS_SIZE}")
     props = raw.read(4, props_size)
-    return Span.of_bytes(props + b"\xff" * 8 + raw.read(4 + props_size, raw.size))
+    return Span.of_bytes(props + struct.pack("<Q", size) + raw.read(4 + props_size, raw.size))
 
 
 def _crc32(span: Span, chunk: int = 1 << 22) -> int:

@@ -5,6 +5,8 @@ import re
 from typing import TYPE_CHECKING
 
 from tensorsafe.blob import Span
+from tensorsafe.containers.decompress import NotOpened
+from tensorsafe.containers.keras_model import scan_keras_archive
 from tensorsafe.containers.zip import Member, ZipView, member_span
 from tensorsafe.errors import LimitExceeded, ParseError
 from tensorsafe.report import Location
@@ -19,6 +21,7 @@ TORCHSCRIPT_CODE = re.compile(r"(^|/)code/")
 def scan_zip_view(fs: "FileScan", view: ZipView, location: Location, depth: int) -> None:
     prefix = _torch_prefix(view)
     fs.note_kind("pytorch-zip" if prefix is not None else "zip")
+    scan_keras_archive(fs, view, location, rename=prefix is None)  # a Keras v3 .keras: judge config.json
     for a in view.anomalies:
         where = location.inside(a.member) if a.member else location
         fs.add(a.rule_id, a.message, where.at(a.offset))
@@ -47,9 +50,13 @@ def scan_zip_view(fs: "FileScan", view: ZipView, location: Location, depth: int)
 def _scan_member(fs: "FileScan", view: ZipView, m: Member, location: Location, depth: int) -> None:
     where = location.inside(m.name)
     try:
-        span, crc_ok = member_span(view, m, fs.limits.max_decompressed_bytes)
+        span, crc_ok = member_span(view, m, fs.limits.max_decompressed_bytes, fs.deadline)
     except LimitExceeded as exc:
-        fs.add_error(exc, "ARC-03", where)
+        if exc.limit != "MAX_SCAN_SECONDS" or fs.check_deadline(where):
+            fs.add_error(exc, "ARC-03", where)
+        return
+    except NotOpened as exc:
+        fs.add("ARC-06", exc.message, where, f"zip method {m.method}")
         return
     except ParseError as exc:
         fs.add("ZIP-07", f"member {m.name!r}: {exc.message}", where)

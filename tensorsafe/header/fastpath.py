@@ -128,7 +128,7 @@ def _front_is_no_pickle(path: str, size: int) -> int | None:
         head = os.pread(fd, FIRST_READ, 0)
         if os.fstat(fd).st_size != size or len(head) < LENGTH_BYTES:
             return None
-        return size if polyglot.pickle_at_front(_Front(fd, head, size), _U64(head)[0]) is None else None
+        return size if _front_says_nothing(_Front(fd, head, size)) else None
     except OSError:
         return None
     finally:
@@ -153,8 +153,8 @@ def python_clean_size(path: str, limits: HeaderLimits) -> int | None:
                 or n > limits.header_warn_bytes or n > MAX_HEADER_BYTES:
             return None  # F02, F03, A01 (length), P01
         if head[0] not in _CANNOT_START and (head[0] != _PROTO or head[2] not in _CANNOT_START) \
-                and polyglot.pickle_at_front(_Front(fd, head, size), n) is not None:
-            return None  # P08: the front is a pickle (the walk runs only when the first bytes allow one)
+                and not _front_says_nothing(_Front(fd, head, size)):
+            return None  # P08, A04: the front walks as a pickle (only when the first bytes allow one)
         if size <= FIRST_READ:  # the zip window (the last EOCD_SEARCH bytes) is the whole file
             raw, tail = head[LENGTH_BYTES:end], head
         else:
@@ -176,8 +176,15 @@ def python_clean_size(path: str, limits: HeaderLimits) -> int | None:
     return size if _header_clean(text, size - end, limits) else None
 
 
+def _front_says_nothing(src: "_Front") -> bool:
+    """The full check's pickle-front verdict (ST-P08 or ST-A04) has nothing to say about this file."""
+    front = polyglot.pickle_front(src)
+    return front is None or front.issue is None
+
+
 class _Front:
-    """The file as the pickle check reads it (a ``ByteSource``): from the first read where it can."""
+    """The file as the pickle check reads it (a ``ByteSource``): from the first read where it can,
+    mapped by its descriptor for the walk to the pickle's real end."""
 
     def __init__(self, fd: int, head: bytes, size: int):
         self.fd, self.head, self.size = fd, head, size
@@ -186,6 +193,9 @@ class _Front:
         if offset + n <= len(self.head):
             return self.head[offset:offset + n]
         return os.pread(self.fd, n, offset)
+
+    def fileno(self) -> int:
+        return self.fd
 
 
 def _header_clean(text: str, data_size: int, limits: HeaderLimits) -> bool:

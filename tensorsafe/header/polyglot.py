@@ -1,33 +1,65 @@
-"""ST-P08: files that are also a zip archive or a pickle stream (polyglots).
+"""ST-P08 and ST-A04: files that are also a zip archive or a pickle stream (polyglots).
 
-Both checks read at most 64 KiB beyond the header: the end of the file for a zip end record, the
-front of the file (header included) for a pickle walk. The walk is the scanner's own opcode
-walker, so nothing is imported or executed.
+The zip check reads the end of the file (where every zip reader looks for its end record). The
+pickle check walks the file's first bytes with the scanner's own opcode walker, from byte 0 to
+wherever the stream really ends (STOP, an error, or the end of the file: no window), so nothing
+is imported or executed and nothing a loader would reach is left unread.
+
+What a loader gets from such a front decides the verdict. ``pickle.load`` runs opcodes one by one
+until STOP or its first error: every import (``find_class``) and call reached before an error has
+already happened. So a front that imports or calls anything fails (ST-P08) even when it errors
+later; one that reaches STOP having done neither returns plain data (ST-A04, an advisory: the
+``safetensors`` writer makes such fronts now and then); one that errors first, having done
+neither, gives a loader nothing at all.
 """
 from __future__ import annotations
 
-import pickletools
+import mmap
 import struct
+import time
+from dataclasses import dataclass
 
+from tensorsafe.blob import Span
+from tensorsafe.errors import LimitExceeded
 from tensorsafe.header.layout import ByteSource
 from tensorsafe.header.model import Issue
-from tensorsafe.pickles.walker import walk
+from tensorsafe.pickles.judge import judge_trace
+from tensorsafe.pickles.policy import Policy
+from tensorsafe.pickles.front import CANNOT_START, PROTO, cannot_be_pickle, failed_import, front_effects
+from tensorsafe.pickles.walker import MAX_MEMO_ENTRIES, MAX_OPCODES, PickleTrace, walk
+from tensorsafe.report import Finding, Location
 
 EOCD_MAGIC = b"PK\x05\x06"
 CENTRAL_MAGIC = b"PK\x01\x02"
 EOCD_SIZE = 22
 EOCD_SEARCH = EOCD_SIZE + 0xFFFF
 """The end record plus the longest comment: where every zip reader looks for it."""
-PICKLE_WINDOW = 64 * 1024
-"""Bytes past the header a pickle walk of the front may read."""
-PICKLE_MAX_OPCODES = 100_000
-FIRST_WINDOW = 4096
-_FAILS_FIRST = frozenset(b".012abedlostuR\x81\x85\x86\x87\x90\x91\x92\x93\x94\x98Qqrpghj")
-"""Opcodes that pop the stack, need a MARK or read the memo (PUT stores the stack top, GET reads
-the memo): as a stream's first opcode they fail whatever follows."""
-CANNOT_START = frozenset(range(256)) - {ord(op.code) for op in pickletools.opcodes} | _FAILS_FIRST
-"""First bytes with which no pickle stream can reach STOP (most header lengths start that way)."""
-PROTO = 0x80
+FRONT_LOCATION = "<pickle at start of safetensors file>"
+DEFAULT_WALK_SECONDS = 300.0
+"""The deadline of a front walk outside a scan (the scanner's per-file default)."""
+
+
+@dataclass(frozen=True)
+class WalkBounds:
+    """The limits of one front walk: the scan's opcode and memo limits and its deadline."""
+
+    max_opcodes: int = MAX_OPCODES
+    max_memo: int = MAX_MEMO_ENTRIES
+    deadline: float | None = None
+
+
+@dataclass
+class PickleFront:
+    """The file's front walked as a pickle: its trace (offsets from ``base``) and the verdict."""
+
+    trace: PickleTrace
+    base: int
+    issue: Issue | None
+
+    @property
+    def acts(self) -> bool:
+        """A loader reading the front imports or calls something."""
+        return self.issue is not None and self.issue.rule_id == "ST-P08"
 
 
 def zip_at_end(src: ByteSource) -> Issue | None:
@@ -48,38 +80,65 @@ def zip_at_end(src: ByteSource) -> Issue | None:
     return None
 
 
-def pickle_at_front(src: ByteSource, header_length: int) -> Issue | None:
-    """The file's first bytes, walked as pickle opcodes, reach STOP: ``pickle.load`` accepts the file.
-
-    Real headers stop the walk within a few bytes (a NUL of the length field is no opcode), so the
-    window starts small and grows only while the walk runs off its end."""
-    limit = min(src.size, pickle_window_end(header_length))
-    window = FIRST_WINDOW
+def pickle_front(src: ByteSource, bounds: WalkBounds | None = None) -> PickleFront | None:
+    """The front of ``src`` walked as a pickle to its real end and judged; ``None`` when its first
+    bytes already fail as a pickle stream (no walk needed). The one decision of ``validate`` and ``scan``."""
     if cannot_be_pickle(src.read(0, 3)):
         return None
-    while True:
-        front = src.read(0, min(limit, window))
-        trace = walk(front, 0, len(front), max_opcodes=PICKLE_MAX_OPCODES)
-        if trace.stopped:
-            return Issue("ST-P08", f"the first {trace.end:,} bytes are also a complete pickle stream "
-                         f"({trace.opcodes} opcodes): pickle loaders read something else from this file", 0, "pickle")
-        if not trace.truncated or len(front) >= limit:
-            return None
-        window *= 16
+    if bounds is None:
+        bounds = WalkBounds(deadline=time.monotonic() + DEFAULT_WALK_SECONDS)
+    trace, base = _walk_front(src, bounds)
+    return PickleFront(trace, base, front_issue(trace, base))
 
 
-def cannot_be_pickle(front: bytes) -> bool:
-    """The file's first bytes (3 are enough) already fail as a pickle stream: no walk is needed.
+def front_issue(trace: PickleTrace, base: int = 0) -> Issue | None:
+    """ST-P08 when a loader reading the trace would import or call anything (or the walk could not
+    be finished), ST-A04 when it would return plain data, ``None`` when it would fail having done nothing."""
+    effects = front_effects(trace)
+    if effects:
+        offset, what, trigger = min(effects, key=lambda e: e[0])
+        more = f" and {len(effects) - 1:,} more imports or calls" if len(effects) > 1 else ""
+        ends = f"reaches STOP at byte {trace.end - base:,}" if trace.stopped else \
+            f"runs to byte {trace.end - base:,} before it fails"
+        return Issue("ST-P08", f"the file's first bytes are also a pickle stream that {what} at byte "
+                     f"{offset - base:,}{more} (it {ends}): pickle.load runs it", offset - base, trigger)
+    if isinstance(trace.error, LimitExceeded):
+        return Issue("ST-P08", f"the file's first bytes are also a pickle stream that could not be followed to "
+                     f"its end ({trace.error.message}): a loader may import from it", 0, trace.error.limit)
+    if trace.stopped and failed_import(trace) is None:
+        return Issue("ST-A04", f"the first {trace.end - base:,} bytes are also a pickle stream that imports and "
+                     f"calls nothing ({trace.opcodes} opcodes): pickle.load would return plain data", 0, "pickle")
+    return None
 
-    Its first opcode cannot start a stream, or it is PROTO (which changes nothing the next opcode
-    depends on) followed by one that cannot."""
-    if not front:
-        return False
-    if front[0] in CANNOT_START:
-        return True
-    return front[0] == PROTO and len(front) > 2 and front[2] in CANNOT_START
+
+def front_findings(front: PickleFront, policy: Policy, path: str, location: Location = Location()) -> list[Finding]:
+    """The scanner judge's import and call findings for a front that acts (ST-P08), located inside
+    :data:`FRONT_LOCATION`; its parse errors are left out (a polyglot front is expected to end in one)."""
+    if not front.acts:
+        return []
+    verdicts = judge_trace(front.trace, policy, path, location.inside(FRONT_LOCATION), front.base)
+    return [f for f in verdicts.findings if not f.rule_id.startswith("PK-S")]
 
 
-def pickle_window_end(header_length: int) -> int:
-    """How far into the file the pickle walk may read."""
-    return 8 + header_length + PICKLE_WINDOW
+def _walk_front(src: ByteSource, bounds: WalkBounds) -> tuple[PickleTrace, int]:
+    """Walk from byte 0 to the end of the file: in place where the bytes are mapped (a span, a file
+    with a descriptor), else read whole."""
+    kw = {"max_opcodes": bounds.max_opcodes, "max_memo": bounds.max_memo, "deadline": bounds.deadline}
+    if isinstance(src, Span):
+        return walk(src.buf, src.start, src.end, **kw), src.start
+    fileno = getattr(src, "fileno", None)
+    if fileno is not None and src.size > 0:
+        try:
+            mm = mmap.mmap(fileno(), src.size, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            mm = None
+        if mm is not None:
+            try:
+                return walk(mm, 0, src.size, **kw), 0
+            finally:
+                try:
+                    mm.close()
+                except BufferError:  # a view still open: the collector closes the map
+                    pass
+    data = src.read(0, src.size)
+    return walk(data, 0, len(data), **kw), 0

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from tensorsafe.blob import FileMap, Span
 from tensorsafe.header.fastpath import clean_size
 from tensorsafe.header.limits import HeaderLimits
-from tensorsafe.header.polyglot import pickle_window_end
-from tensorsafe.header.validator import check_source, limits_from_config, to_findings
+from tensorsafe.header.polyglot import FRONT_LOCATION, WalkBounds
+from tensorsafe.header.validator import check_source, to_findings
 from tensorsafe.report import Location
 
 if TYPE_CHECKING:
@@ -17,19 +17,22 @@ if TYPE_CHECKING:
 
 def scan_safetensors(fs: "FileScan", span: Span, location: Location, depth: int) -> None:
     """Record the header findings. A polyglot is also scanned as what else it is: the pickle at its
-    front and the zip archive at its end (ST-P08), so their imports are judged too."""
+    front (walked by the header check to its real end, ST-P08 or ST-A04) and the zip archive at its
+    end (ST-P08), so their imports are judged too."""
     from tensorsafe.containers.dispatch import scan_trailing_zip
 
     fs.note_kind("safetensors")
-    limits = _limits(fs.path)
+    limits = _limits(fs)
     if depth == 0 and _is_the_whole_local_file(span) and clean_size(fs.path, limits) == span.end:
         return  # no finding, no pickle at the front, no zip at the end: nothing else to scan
-    check = check_source(span, limits)
+    bounds = WalkBounds(fs.limits.max_opcodes, fs.limits.max_memo_entries, fs.deadline)
+    check = check_source(span, limits, walk=bounds)
     fs.result.findings.extend(to_findings(fs.path, check.issues, location))
-    if check.pickle_front and check.header is not None:
-        end = min(span.end, span.start + pickle_window_end(check.header.length))
-        trace = fs.walk(span.buf, span.start, end)
-        fs.judge(trace, span, location.inside("<pickle at the start of the file>"), depth)
+    front = check.front
+    if front is not None and front.issue is not None:
+        stopped = front.trace.stopped  # a front that acts and then fails: its parse error is no news
+        fs.judge(front.trace, span, location.inside(FRONT_LOCATION), depth, structure=stopped)
+        fs.result.pickles += not stopped
     if check.zip_tail:
         scan_trailing_zip(fs, span, location, depth)
 
@@ -39,8 +42,8 @@ def _is_the_whole_local_file(span: Span) -> bool:
     return type(span.buf) is FileMap and span.start == 0 and span.end == len(span.buf)
 
 
-def _limits(path: str) -> HeaderLimits:
-    from tensorsafe.policy_file import config_for_path
+def _limits(fs: "FileScan") -> HeaderLimits:
+    """The scan's policy's [limits] table: never a policy file found near the scanned file."""
+    from tensorsafe.policy_file import header_limits_of
 
-    config = config_for_path(path)
-    return limits_from_config(config.limits, config.source)
+    return header_limits_of(fs.policy)

@@ -21,6 +21,7 @@ from tensorsafe.header.limits import DEFAULT_LIMITS, HeaderLimits
 from tensorsafe.header.model import Header, HeaderFormatError, Issue
 from tensorsafe.header.offsets import check_layout
 from tensorsafe.header.parse import parse_header
+from tensorsafe.pickles.policy import DEFAULT_POLICY
 from tensorsafe.report import FileResult, Finding, Location, Report
 
 MAX_FINDINGS_PER_RULE = 20
@@ -35,7 +36,8 @@ class HeaderCheck:
     issues: list[Issue] = field(default_factory=list)
     header: Header | None = None
     deep: DeepResult | None = None
-    pickle_front: bool = False
+    front: polyglot.PickleFront | None = None
+    """The front walked as a pickle (``None``: its first bytes refute one)."""
     zip_tail: bool = False
 
 
@@ -50,8 +52,11 @@ def read_checked_header(src: ByteSource) -> Header:
     return header
 
 
-def check_source(src: ByteSource, limits: HeaderLimits = DEFAULT_LIMITS, *, deep: bool = False) -> HeaderCheck:
-    """Run every rule over ``src``; bad content never raises (it becomes issues)."""
+def check_source(src: ByteSource, limits: HeaderLimits = DEFAULT_LIMITS, *, deep: bool = False,
+                 walk: polyglot.WalkBounds | None = None) -> HeaderCheck:
+    """Run every rule over ``src``; bad content never raises (it becomes issues).
+
+    ``walk``: the limits and deadline of the pickle walk of the front (a scan passes its own)."""
     try:
         header = read_checked_header(src)
     except HeaderFormatError as exc:
@@ -62,7 +67,7 @@ def check_source(src: ByteSource, limits: HeaderLimits = DEFAULT_LIMITS, *, deep
         return HeaderCheck(list(header.differentials), header)
     check = HeaderCheck(header=header)
     try:
-        _policy_and_advisories(check, src, header, limits)
+        _policy_and_advisories(check, src, header, limits, walk)
         if deep:
             check.deep = deep_check(src, header)
             check.issues += deep_issues(check.deep)
@@ -74,16 +79,18 @@ def check_source(src: ByteSource, limits: HeaderLimits = DEFAULT_LIMITS, *, deep
     return check
 
 
-def _policy_and_advisories(check: HeaderCheck, src: ByteSource, header: Header, limits: HeaderLimits) -> None:
+def _policy_and_advisories(check: HeaderCheck, src: ByteSource, header: Header, limits: HeaderLimits,
+                           walk: polyglot.WalkBounds | None) -> None:
     issues = check.issues
     issues += policy_rules.check_header_size(header, limits)
     issues += policy_rules.check_tensors(header, limits)
     issues += policy_rules.check_metadata(header, limits)
     issues += policy_rules.check_structure(header, limits)
     zip_issue = polyglot.zip_at_end(src)
-    pickle_issue = polyglot.pickle_at_front(src, header.length)
+    check.front = polyglot.pickle_front(src, walk)
+    pickle_issue = check.front.issue if check.front is not None else None
     issues += [i for i in (zip_issue, pickle_issue) if i is not None]
-    check.zip_tail, check.pickle_front = zip_issue is not None, pickle_issue is not None
+    check.zip_tail = zip_issue is not None
     issues += advisories.check_padding(header)
     issues += advisories.check_alignment(header)
     issues += advisories.check_loader_support(header)
@@ -107,7 +114,7 @@ def validate_file(path: str | os.PathLike, limits: HeaderLimits | None = None, *
                   overrides: Mapping[str, int] | None = None) -> FileResult:
     """Validate one file as safetensors, whatever its name; never raises for bad content.
 
-    ``limits``: ``None`` for the nearest pyproject.toml's ``[tool.tensorsafe.limits]``; ``overrides``
+    ``limits``: ``None`` for the defaults (a policy's: ``load_policy_file(f).header_limits()``); ``overrides``
     are applied on top (``UsageError`` for an unknown name)."""
     path = os.fspath(path)
     limits = limits if limits is not None else _limits_for(path)
@@ -129,6 +136,8 @@ def validate_file(path: str | os.PathLike, limits: HeaderLimits | None = None, *
             result.size = src.size
             check = check_source(src, limits, deep=deep)
         result.findings = to_findings(path, check.issues)
+        if check.front is not None:
+            result.findings += polyglot.front_findings(check.front, DEFAULT_POLICY, path)
     except UnreadableFileError as exc:
         result.findings = [Finding(path, "IO-01", exc.message)]
     except EOFError as exc:  # the file shrank under the deep check
@@ -143,7 +152,7 @@ def validate(paths: str | os.PathLike | Iterable[str | os.PathLike], limits: Hea
 
     Files named explicitly are validated whatever they hold; in folders, files named
     ``*.safetensors`` and files that start like one (an 8-byte length and ``{``) are. Without
-    ``limits``, each file gets the ``[tool.tensorsafe.limits]`` of the nearest pyproject.toml;
+    ``limits``, the default limits (never a policy file near the validated files);
     ``overrides`` (limit name -> value) apply on top. ``hf://`` URLs are read from the Hub (the
     header bytes only, by range requests).
     """
@@ -187,17 +196,8 @@ def starts_like(path: Path) -> bool:
 
 
 def _limits_for(path: str) -> HeaderLimits:
-    from tensorsafe.policy_file import config_for_path
-
-    config = config_for_path(path)
-    cached = _LIMITS_BY_CONFIG.get(id(config))
-    if cached is None or cached[0] is not config:
-        cached = _LIMITS_BY_CONFIG[id(config)] = (config, limits_from_config(config.limits, config.source))
-    return cached[1]
-
-
-_LIMITS_BY_CONFIG: dict[int, tuple[object, HeaderLimits]] = {}
-"""Policy configs are cached per folder, so their limits are built once per config."""
+    """Without limits from the caller, the defaults: limits are never read from a file near ``path``."""
+    return DEFAULT_LIMITS
 
 
 def limits_from_config(table: dict, source: str) -> HeaderLimits:

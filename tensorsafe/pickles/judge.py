@@ -5,13 +5,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from tensorsafe.errors import LimitExceeded, PickleParseError
-from tensorsafe.pickles.policy import INDIRECT_CALLERS, NESTED_PICKLE_LOADERS, Judgement, Policy, Tier
+from tensorsafe.pickles.policy import ALLOWED, INDIRECT_CALLERS, NESTED_PICKLE_LOADERS, Invoked, Judgement, Policy, Tier
 from tensorsafe.pickles.values import BytesRef, Call, Global, Unresolved
 from tensorsafe.pickles.walker import PickleTrace
 from tensorsafe.report import Finding, Location
 
-_INVOKING_KINDS = frozenset({"reduce", "obj", "inst"})
-_CALL_KINDS = frozenset({"reduce", "obj", "inst", "newobj", "newobj_ex"})
+_INVOKING_KINDS = frozenset({"reduce", "obj", "inst", "setstate"})
+"""Opcodes that always run the callee (``cls(*args)``); INST and OBJ without arguments run only
+``cls.__new__(cls)`` in CPython, but no protocol-2+ pickler writes them, so they are judged as calls."""
+_NEW_KINDS = frozenset({"newobj", "newobj_ex"})
+"""``cls.__new__(cls, *args, **kwargs)``: with no arguments this is how protocol 2+ pickles an object
+(BUILD then sets its state), so a benign class may be built that way; with arguments it is a call."""
+_OBJECT = ("builtins", "object")
+_BIT_GENERATOR_CTOR = ("numpy.random._pickle", "__bit_generator_ctor")
+_NUMPY_CTORS = frozenset({"__generator_ctor", "__randomstate_ctor"})
 
 
 @dataclass
@@ -57,6 +64,8 @@ class TraceJudge:
                       "loader (limit MAX_KEY_NESTING)", trace.deep_key_offset, "MAX_KEY_NESTING")
         for offset in trace.out_of_band:
             self._add("PK-S05", "NEXT_BUFFER refers to an out-of-band buffer that is not in the file", offset)
+        for offset, message in trace.framing:
+            self._add("PK-S06", message, offset, "FRAME")
         self._error(trace)
         return self.out
 
@@ -114,31 +123,67 @@ class TraceJudge:
             return
         key = (func.module, func.name)
         j = self._judgement(key)
-        if call.kind in _INVOKING_KINDS:
-            self._check_invocation(func, j, call.offset)
-        invoked_index = INDIRECT_CALLERS.get(key)
-        if invoked_index is not None:
-            self._indirect(call, invoked_index)
+        if call.kind in _INVOKING_KINDS or (call.kind in _NEW_KINDS and not _without_arguments(call)):
+            self._check_invocation(func, j, call.offset, call.kind.upper())
+        invoked = INDIRECT_CALLERS.get(key)
+        if invoked is not None:
+            self._indirect(call, invoked)
         if key in NESTED_PICKLE_LOADERS:
             self._nested(call, func)
 
-    def _check_invocation(self, func: Global, j: Judgement, offset: int) -> None:
+    def _check_invocation(self, func: Global, j: Judgement, offset: int, how: str) -> None:
         if j.tier is Tier.BENIGN and not j.invocable:
-            self._add("PK-C02", f"calls {func.qualified} with arguments, which runs its constructor",
+            self._add("PK-C02", f"{how} calls {func.qualified} with arguments, which runs its constructor",
                       offset, func.qualified)
 
-    def _indirect(self, call: Call, index: int) -> None:
-        args = call.args if isinstance(call.args, tuple) else ()
-        if len(args) <= index:
+    def _indirect(self, call: Call, invoked: tuple[Invoked, ...]) -> None:
+        """Judge the arguments a helper calls (``INDIRECT_CALLERS``) as calls of their own."""
+        caller = _describe(call.func)
+        if not isinstance(call.args, tuple):
+            self._add("PK-C01", f"{caller} gets arguments computed at load time ({_describe(call.args)}), "
+                      "so what it calls cannot be known", call.offset, caller)
             return
-        target = args[index]
-        if isinstance(target, Global):
-            if (target.module, target.name) == ("builtins", "object"):
-                return
-            self._check_invocation(target, self._judgement((target.module, target.name)), call.offset)
-        elif not isinstance(target, Unresolved):
-            self._add("PK-C01", f"{_describe(call.func)} is handed {_describe(target)} to call, "
-                      "which is not an imported global", call.offset, _describe(target))
+        args = call.args
+        for inv in invoked:
+            if inv.index >= len(args) or args[inv.index] is None or isinstance(args[inv.index], Unresolved):
+                continue
+            target = args[inv.index]
+            how = f"{caller} (argument {inv.index})"
+            if inv.how == "class_of":
+                base = args[1] if len(args) > 1 else None
+                if not _is_object(base):
+                    self._invoked(target, call, how)
+                elif not isinstance(target, Global):
+                    self._computed(target, call, caller)
+            elif inv.how == "name_or_class":
+                if isinstance(target, str) or (isinstance(target, Call) and _is_bit_generator_call(target)):
+                    continue
+                self._invoked(target, call, how)
+            elif inv.how == "tensor":
+                if not (isinstance(target, Call) and _is_tensor_rebuild(target)):
+                    self._add("PK-C01", f"{caller} calls a method of {_describe(target)}, which is not a tensor "
+                              "torch rebuilt", call.offset, _describe(target))
+            else:
+                self._invoked(target, call, how)
+
+    def _invoked(self, target: object, call: Call, how: str) -> None:
+        if not isinstance(target, Global):
+            self._computed(target, call, _describe(call.func))
+            return
+        key = (target.module, target.name)
+        if key == _OBJECT:
+            return
+        if key == _BIT_GENERATOR_CTOR and _is_numpy_ctor(call.func):
+            return  # numpy's own default: it gets argument 0, already judged by the same rule it applies
+        if key in INDIRECT_CALLERS or key in NESTED_PICKLE_LOADERS:
+            self._add("PK-C01", f"{_describe(call.func)} is handed {target.qualified}, which calls its own "
+                      "arguments: what those are is not in the file", call.offset, target.qualified)
+            return
+        self._check_invocation(target, self._judgement(key), call.offset, how)
+
+    def _computed(self, target: object, call: Call, caller: str) -> None:
+        self._add("PK-C01", f"{caller} is handed {_describe(target)} to call, which is not an imported global",
+                  call.offset, _describe(target))
 
     def _nested(self, call: Call, func: Global) -> None:
         for payload in _byte_arguments(call.args):
@@ -158,6 +203,32 @@ class TraceJudge:
     def _add(self, rule_id: str, message: str, offset: int | None, trigger: str | None = None) -> None:
         where = self.location.at(None if offset is None else offset - self.base)
         self.out.findings.append(Finding(self.path, rule_id, message, where, trigger))
+
+
+def _without_arguments(call: Call) -> bool:
+    """True when NEWOBJ(_EX) provably passes no arguments (a list or dict only grows after the call)."""
+    if not (isinstance(call.args, (tuple, list)) and len(call.args) == 0):
+        return False
+    return call.kwargs is None or (isinstance(call.kwargs, dict) and not call.kwargs)
+
+
+def _is_object(value: object) -> bool:
+    return isinstance(value, Global) and (value.module, value.name) == _OBJECT
+
+
+def _is_bit_generator_call(value: Call) -> bool:
+    """A generator numpy's own ``__bit_generator_ctor`` built: the callee takes it as it is."""
+    return isinstance(value.func, Global) and (value.func.module, value.func.name) == _BIT_GENERATOR_CTOR
+
+
+def _is_numpy_ctor(func: object) -> bool:
+    return isinstance(func, Global) and func.module == _BIT_GENERATOR_CTOR[0] and func.name in _NUMPY_CTORS
+
+
+def _is_tensor_rebuild(value: Call) -> bool:
+    func = value.func
+    return (isinstance(func, Global) and value.kind == "reduce" and func.module in ("torch._utils", "torch._tensor")
+            and func.name.startswith("_rebuild_") and (func.module, func.name) in ALLOWED)
 
 
 def _byte_arguments(args: object, depth: int = 0) -> list[bytes | BytesRef]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from tensorsafe.errors import PolicyFileError
 
@@ -69,7 +70,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     **{("torch", o): "a quantisation scheme or memory format" for o in _TORCH_OTHER},
     ("collections", "OrderedDict"): "state dicts are OrderedDicts",
     ("collections", "Counter"): "a dict of counts",
-    ("collections", "defaultdict"): "a dict; its factory is judged as its own import",
+    ("collections", "defaultdict"): "a dict; its factory is judged as a call (INDIRECT_CALLERS)",
     ("collections", "deque"): "a plain sequence",
     **{("builtins", b): "a plain builtin container or number type" for b in [
         "set", "frozenset", "bytearray", "bytes", "complex", "slice", "range", "tuple", "list", "dict",
@@ -84,8 +85,21 @@ ALLOWED: dict[tuple[str, str], str] = {
        for m in ("numpy.core.numeric", "numpy._core.numeric")},
     ("numpy", "ndarray"): "the numpy array type",
     ("numpy", "dtype"): "a numpy dtype",
-    **{("numpy.random._pickle", f): "rebuilds a numpy random generator by a known name"
-       for f in ("__randomstate_ctor", "__bit_generator_ctor", "__generator_ctor")},
+    **{("numpy.random._pickle", f): "rebuilds a numpy random generator (numpy 1.17+); the class or ctor it "
+       "calls is judged as a call (INDIRECT_CALLERS)" for f in ("__randomstate_ctor", "__bit_generator_ctor",
+                                                               "__generator_ctor")},
+    # numpy 2.x (checked 2.4.6) pickles a bit generator as __bit_generator_ctor(<class>) + BUILD((state, seed_seq));
+    # calling the class seeds it (SeedSequence: arithmetic, OS entropy when no seed); BitGenerator.__setstate__
+    # assigns the state dict through the class's validating ``state`` setter and keeps the seed sequence.
+    **{(m, c): "a numpy bit generator class (numpy 2.x pickles name it; calling it only seeds it)" for m, c in [
+        ("numpy.random._pcg64", "PCG64"), ("numpy.random._pcg64", "PCG64DXSM"), ("numpy.random._mt19937", "MT19937"),
+        ("numpy.random._philox", "Philox"), ("numpy.random._sfc64", "SFC64")]},
+    ("numpy.random.bit_generator", "SeedSequence"): "numpy seed sequence (numpy 2.x); __init__ mixes integers, "
+                                                    "or OS entropy when none is given",
+    ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"): "Cython pickle helper (numpy 2.x): checks a "
+        "layout checksum, SeedSequence.__new__(cls), sets its typed fields from the state tuple",
+    ("numpy.random", "__RandomState_ctor"): "numpy < 1.17 RandomState pickles (kept in numpy 2.4): takes no "
+                                            "arguments, returns RandomState(seed=0); BUILD runs set_state",
     **{("numpy.dtypes", f"{t}DType"): "a numpy 2 dtype class" for t in [
         "Float16", "Float32", "Float64", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32",
         "UInt64", "Bool", "Complex64", "Complex128", "LongDouble", "Bytes", "Str"]},
@@ -119,6 +133,13 @@ BENIGN: dict[tuple[str, str], tuple[str, bool]] = {
     ("datetime", "timezone"): ("a time zone offset", True),
     ("decimal", "Decimal"): ("a decimal number", True),
     ("uuid", "UUID"): ("an identifier", False),
+    # training_args.bin since transformers PR #28664 (early 2024) with accelerate (checked 5.25.0 + accelerate 1.16.0):
+    # both come as NEWOBJ() + BUILD(dict); neither defines __new__ nor __setstate__, so BUILD updates __dict__.
+    ("transformers.trainer_pt_utils", "AcceleratorConfig"): (
+        "transformers training_args.bin (a dataclass: NEWOBJ() + BUILD fills __dict__; __init__ not run)", False),
+    ("accelerate.state", "PartialState"): (
+        ("accelerate's distributed state in training_args.bin: NEWOBJ() + BUILD fills __dict__ (its __getattr__ "
+         "only raises AttributeError for the __setstate__ lookup); its __init__ sets up distributed processes"), False),
 }
 
 # -- dangerous: known to run code or touch the system (fails, with what it can do) -------------
@@ -251,11 +272,45 @@ NESTED_PICKLE_LOADERS: frozenset[tuple[str, str]] = frozenset({
     ("dill", "loads"), ("cloudpickle", "loads"), ("numpy", "loads"), ("joblib", "load"),
 })
 
-# -- helpers that call one of their arguments: (module, name) -> index of the invoked argument --
-INDIRECT_CALLERS: dict[tuple[str, str], int] = {
-    ("copyreg", "_reconstructor"): 1,          # base.__init__(obj, state) unless base is object
-    ("torch._tensor", "_rebuild_from_type_v2"): 0,  # func(*args)
+# -- helpers that call one of their arguments: the argument is judged as a call ----------------
+class Invoked(NamedTuple):
+    """A positional argument a helper invokes. ``how``:
+
+    ``called``: called with arguments the pickle chose; ``class_of``: the class of an object built
+    with the state argument (``copyreg._reconstructor``: ``base.__new__(cls, state)``), or without
+    arguments when the base is ``builtins.object``; ``name_or_class``: a str is looked up in a fixed
+    table, a class is called with no arguments, a generator built by ``__bit_generator_ctor`` is used
+    as it is (numpy); ``tensor``: a method of it is called, so it must be a tensor torch rebuilt.
+    """
+
+    index: int
+    how: str = "called"
+
+
+_NUMPY_PICKLE = "numpy.random._pickle"
+INDIRECT_CALLERS: dict[tuple[str, str], tuple[Invoked, ...]] = {
+    # obj = object.__new__(cls) if base is object, else base.__new__(cls, state); base.__init__(obj, state)
+    ("copyreg", "_reconstructor"): (Invoked(0, "class_of"), Invoked(1)),
+    # ret = func(*args); ret.as_subclass(new_type); new_type's __setstate__(state), or setattr per item
+    ("torch._tensor", "_rebuild_from_type_v2"): (Invoked(0), Invoked(1)),
+    # device tensor = data.to(dtype=..., device=...): calls a method that ``data`` brings
+    ("torch._utils", "_rebuild_device_tensor_from_cpu_tensor"): (Invoked(0, "tensor"),),
+    # numpy 2.4 numpy/random/_pickle.py: bit_generator() when it is a class, else BitGenerators[name]
+    (_NUMPY_PICKLE, "__bit_generator_ctor"): (Invoked(0, "name_or_class"),),
+    # Generator/RandomState(bit_generator_ctor(name)) unless name is already a BitGenerator
+    **{(_NUMPY_PICKLE, f): (Invoked(0, "name_or_class"), Invoked(1))
+       for f in ("__generator_ctor", "__randomstate_ctor")},
+    # Cython auto-pickle helper: SeedSequence.__new__(cls), then sets its typed fields from the state
+    ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"): (Invoked(0),),
+    # the factory is called with no arguments on every missing key, after loading, by whoever reads it
+    ("collections", "defaultdict"): (Invoked(0),),
 }
+# Not indirect callers, checked in torch 2.13: ``_rebuild_parameter_with_state`` (setattr on a real
+# Parameter), ``_rebuild_device_tensor_from_numpy`` (``torch.from_numpy`` accepts only arrays; the
+# device goes through a map_location lookup, never called), ``_rebuild_tensor*``, ``_rebuild_qtensor``,
+# ``_rebuild_sparse_tensor``, ``_rebuild_nested_tensor`` (torch functions on the arguments).
+# ``_rebuild_wrapper_subclass`` and ``functools`` are not allowed at all. ``None`` in an invoked
+# position is never a finding: calling it raises TypeError.
 
 
 @dataclass(frozen=True)
@@ -268,6 +323,13 @@ class Judgement:
 class Policy:
     """The allowlist-first policy; :meth:`extended` adds entries from a policy file."""
 
+    allow_unscanned: bool = False
+    """Let a file that no reader identifies pass (never one with a model extension): a policy-file switch."""
+    source: str = "built-in"
+    """Where the policy came from: ``built-in``, a policy file, or a pyproject's ``[tool.tensorsafe]`` table."""
+    header_limits: tuple[tuple[str, int], ...] = ()
+    """The policy's ``[limits]`` table (safetensors header limits) as sorted (name, value) pairs."""
+
     def __init__(self, allowed: dict[tuple[str, str], str] | None = None,
                  benign: dict[tuple[str, str], tuple[str, bool]] | None = None):
         self.allowed = dict(ALLOWED if allowed is None else allowed)
@@ -276,6 +338,7 @@ class Policy:
     def extended(self, allow: list[str] = (), benign: list[str] = (), source: str = "policy") -> "Policy":
         """A copy with more entries; entries known to be dangerous are refused, not allowed."""
         new = Policy(self.allowed, self.benign)
+        new.allow_unscanned, new.source, new.header_limits = self.allow_unscanned, self.source, self.header_limits
         for entry in allow:
             key = parse_import(entry, source)
             _refuse_dangerous(key, entry, source)

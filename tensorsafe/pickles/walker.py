@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import gc
 import struct
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ INLINE_BYTES_LIMIT = 1 << 20
 """Bytes arguments longer than this stay in the source buffer as a ``BytesRef``."""
 DEADLINE_CHECK_INTERVAL = 1 << 15
 HIGHEST_PROTOCOL = 5
+MAX_FRAMING_NOTES = 16
+"""Framing divergences recorded per stream (one is enough to fail it; the rest are detail)."""
 
 _I4 = struct.Struct("<i").unpack_from
 _U4 = struct.Struct("<I").unpack_from
@@ -58,6 +61,9 @@ class PickleTrace:
     frame_end: int = 0
     """Where the last FRAME read before STOP ends: a loader reading frames from a file (pickle.py's
     unframer, joblib's nested loads) goes on from there when it lies past STOP."""
+    framing: list[tuple[int, str]] = field(default_factory=list)
+    """(offset, what) wherever CPython's unpicklers read this stream's frames differently (see
+    ``_op_frame``); the walk itself reads on as ``_pickle.loads`` does."""
     deep_key_offset: int | None = None
     """Where a dict key or set item nested past MAX_KEY_NESTING was met (it may crash a loader)."""
     error: PickleParseError | LimitExceeded | None = None
@@ -138,6 +144,10 @@ class Walker:
     def _need(self, pos: int, n: int) -> None:
         if n < 0 or pos + n > self.end:
             raise _Truncated(f"needs {n} bytes at offset {pos}, stream ends at {self.end}")
+        if pos < self.frame_end < pos + n:
+            self._diverge(pos, f"an argument read at offset {pos} runs {pos + n - self.frame_end:,} bytes past the "
+                          "end of its frame: pickle.py stops there, the C unpickler reads on (and from a file "
+                          "object may skip the frame's last bytes)")
 
     def _line(self, pos: int) -> tuple[bytes, int]:
         """A newline-ended argument. At the end of the stream, pickle.py's readline returns the rest
@@ -148,7 +158,14 @@ class Walker:
             if pos >= self.end:
                 raise _Truncated("line argument has no newline before the end of the stream")
             return bytes(self.data[pos:self.end - 1]), self.end
+        if pos < self.frame_end <= nl:
+            self._diverge(pos, f"a text argument read at offset {pos} runs past the end of its frame: pickle.py "
+                          "stops there, the C unpickler reads on (from a file object, from after the frame)")
         return bytes(self.data[pos:nl]), nl + 1
+
+    def _diverge(self, offset: int, message: str) -> None:
+        if len(self.trace.framing) < MAX_FRAMING_NOTES:
+            self.trace.framing.append((offset, message))
 
     def _counted(self, pos: int, n: int, kind: str, as_text: bool):
         self._need(pos, n)
@@ -259,7 +276,12 @@ class Walker:
         # - Iterations run in chunks of DEADLINE_CHECK_INTERVAL (``for count in range``: the loop
         #   counts them); the opcode budget and the deadline are checked between chunks, on
         #   ``done + fused`` opcodes (so at least every DEADLINE_CHECK_INTERVAL opcodes).
-        data, end, stack, memo, marks, trace = self.data, self.end, self.stack, self.memo, self.marks, self.trace
+        # - ``end`` is the end of the stream, or inside a FRAME the end of that frame: a read that
+        #   crosses it takes the slow path (``_need``), which notes a read straddling the frame's
+        #   end, and an opcode starting at or after it leaves the frame (``end = stream_end``).
+        #   Without frames (protocol 2, torch's legacy files) this costs nothing.
+        data, stack, memo, marks, trace = self.data, self.stack, self.memo, self.marks, self.trace
+        stream_end = end = self.end
         append, pop, mark = stack.append, stack.pop, marks.append
         add_call, add_ref = trace.calls.append, trace.persistent.append
         new = object.__new__
@@ -274,8 +296,11 @@ class Walker:
                 # iterations run in chunks: the loop counts them, the budget is checked between chunks
                 for count in range(done + 1, done + DEADLINE_CHECK_INTERVAL + 1):
                     if pos >= end:
-                        pos += 1  # errors report ``pos - 1``: here, the end of the stream
-                        raise _Truncated("stream ends before STOP")
+                        if pos >= stream_end:
+                            pos += 1  # errors report ``pos - 1``: here, the end of the stream
+                            raise _Truncated("stream ends before STOP")
+                        end = stream_end  # past the end of the frame
+                        put_end = end - 5
                     op = data[pos]
                     pos += 1
                     if op == 0x68:  # h BINGET
@@ -446,10 +471,17 @@ class Walker:
                         trace.stopped = True
                         trace.opcodes = count + fused
                         trace.frame_end = self.frame_end
+                        if pos < self.frame_end:
+                            self._diverge(pos - 1, f"STOP leaves {self.frame_end - pos:,} bytes of its frame unread: "
+                                          "the next read of the same file starts after STOP (C, buffered file) or "
+                                          "after the frame (pickle.py, C on other file objects)")
                         return pos
                     else:
                         pos = self._rare(op, pos)
                         fence = marks[-1] if marks else 0
+                        if op == 0x95:  # FRAME
+                            end = self.frame_end
+                            put_end = end - 5
                 done += DEADLINE_CHECK_INTERVAL
                 pos += 1  # a budget error reports ``pos - 1``: the opcode the walk stops before
                 self._check_budget(done + fused, limit, pos)
@@ -519,12 +551,39 @@ def _op_proto(w: Walker, pos: int) -> int:
 
 
 def _op_frame(w: Walker, pos: int) -> int:
-    """pickle.py (joblib's unpickler) reads a frame longer than the rest of the stream as a short
-    frame and runs its opcodes, so a FRAME length past the end is not an error here."""
+    """Where CPython's unpicklers part ways on frames (3.11 and 3.12; 3.13 before 3.13.15 and 3.14
+    before 3.14.7, whose ``_pickle`` refuses a read across a frame's end and a nested FRAME as
+    pickle.py does, gh-154848; a frame past the data or past STOP still splits them):
+
+    - ``_pickle`` from bytes (``loads``, ``torch.load`` of a zip member) ignores frames once it
+      has checked that the whole frame is there; from a file object it reads the frame into its
+      buffer, and a read that crosses the buffer's end (a frame's end) drops the rest of the
+      buffer and reads afresh from the file, after the frame (``_Unpickler_ReadImpl``,
+      ``_Unpickler_Readline``; not ``_Unpickler_ReadInto``, nor a file with ``peek`` that had the
+      bytes at hand).
+    - ``pickle.py`` (``joblib.load``) reads a frame into a ``BytesIO``: a read that crosses its end,
+      or a FRAME before its end, raises; a frame longer than the rest of the file is read short
+      and its opcodes run (where ``_pickle`` refuses the FRAME); after STOP the file stands after
+      the frame.
+
+    So when no read crosses a frame's end, no FRAME starts inside another, no frame runs past the
+    data or past STOP, every loader reads the stream straight through, as this walker does;
+    anything else is recorded in ``trace.framing`` (PK-S06) and the walk reads on as
+    ``_pickle.loads`` does (a frame past the end: as pickle.py, which runs it).
+    """
     w._need(pos, 8)
     size = _U8(w.data, pos)[0]
-    w.frame_end = min(w.end, pos + 8 + size)
-    return pos + 8
+    if size > sys.maxsize:  # both unpicklers refuse it (OverflowError, ValueError)
+        raise _Invalid(f"FRAME length {size:,} exceeds the largest size a loader accepts")
+    body = pos + 8
+    if body < w.frame_end:
+        w._diverge(pos - 1, f"FRAME begins {w.frame_end - body:,} bytes before the end of the current frame: "
+                   "pickle.py refuses it, the C unpickler reads on")
+    if size > w.end - body:
+        w._diverge(pos - 1, f"FRAME declares {size:,} bytes where {w.end - body:,} remain: the C unpickler "
+                   "refuses it, pickle.py runs the short frame")
+    w.frame_end = min(w.end, body + size)
+    return body
 
 
 def _op_global(w: Walker, pos: int) -> int:
@@ -602,6 +661,9 @@ def _op_obj(w: Walker, pos: int) -> int:
 def _op_build(w: Walker, pos: int) -> int:
     state = _pop_fenced(w.stack, w.fence)
     obj = w._top()
+    installed = _installed_setstate(state)
+    if installed is not None:
+        w.trace.calls.append(Call(installed, None, "setstate", pos - 1))
     if isinstance(obj, Call):
         obj.state = state
     else:
@@ -613,6 +675,16 @@ def _op_build(w: Walker, pos: int) -> int:
                 raise _Truncated("array data after BUILD runs past the end of the stream")
             return resume
     return pos
+
+
+def _installed_setstate(state: object) -> object:
+    """What a BUILD state puts under ``__setstate__`` (in the instance dict, or by setattr from a
+    slot-state dict): the unpickler's next BUILD on that object looks ``__setstate__`` up on the
+    instance and calls it, so the value counts as called."""
+    for part in (state if type(state) is tuple and len(state) == 2 else (state,)):
+        if type(part) is dict and "__setstate__" in part:
+            return part["__setstate__"]
+    return None
 
 
 def _op_persid(w: Walker, pos: int) -> int:
