@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from tensorsafe.containers.decompress import MAX_DECOMPRESSED_BYTES
 from tensorsafe.containers.zip import MAX_ZIP_MEMBERS
-from tensorsafe.pickles.walker import MAX_MEMO_ENTRIES, MAX_OPCODES
+from tensorsafe.pickles.walker import MAX_MEMO_ENTRIES, MAX_OPCODES, MAX_VALUES
 
 MAX_ARCHIVE_DEPTH = 6
 MAX_SCAN_SECONDS = 300.0
@@ -22,6 +22,7 @@ class ScanLimits:
         max_members: Most members in one zip or tar archive.
         max_opcodes: Most opcodes in one pickle stream.
         max_memo_entries: Most memo entries in one pickle stream.
+        max_values: Most values one pickle walk holds at once (stack, memo, containers): its memory bound.
         max_pickles_per_stream: Most concatenated pickles in one stream.
         timeout_seconds: Seconds allowed per file (``--timeout``).
     """
@@ -31,5 +32,6 @@ class ScanLimits:
     max_members: int = MAX_ZIP_MEMBERS
     max_opcodes: int = MAX_OPCODES
     max_memo_entries: int = MAX_MEMO_ENTRIES
+    max_values: int = MAX_VALUES
     max_pickles_per_stream: int = MAX_PICKLES_PER_STREAM
     timeout_seconds: float = MAX_SCAN_SECONDS

@@ -89,6 +89,9 @@ RULES: dict[str, Rule] = {r.id: r for r in [
     _rule("PK-L01", "pickle-limit", E, HIGH,
           "A safety limit was hit while walking the pickle (size, opcodes, memo, time).",
           "The file may be hostile; raise the limit only for a file you trust."),
+    _rule("PK-L02", "pickle-memory-limit", E, HIGH,
+          "The pickle would hold more values at once than the walk's memory bound (MAX_VALUES).",
+          "The file may be a memory bomb; raise the limit only for a file you trust."),
     # --- zip containers -----------------------------------------------------------------------
     _rule("ZIP-01", "zip-name-mismatch", F, HIGH,
           "A zip member's local header names a different file than the central directory.",

@@ -24,7 +24,7 @@ from tensorsafe.sniff import Kind, may_hold_zip_at_end, sniff
 if TYPE_CHECKING:
     from tensorsafe.policy_file import PolicyConfig
 
-STRUCTURE_RULES = frozenset({"PK-S01", "PK-S02", "PK-S03", "PK-S05", "PK-S06", "PK-L01"})
+STRUCTURE_RULES = frozenset({"PK-S01", "PK-S02", "PK-S03", "PK-S05", "PK-S06", "PK-L01", "PK-L02"})
 POLYGLOT_FRONT_KINDS = frozenset({Kind.PICKLE, Kind.UNKNOWN})
 """Fronts that torch.load unpickles while zipfile finds a zip at the end of the same bytes."""
 OWN_FRONT_KINDS = frozenset({Kind.PICKLE, Kind.UNKNOWN, Kind.ZIP, Kind.SAFETENSORS})
@@ -36,6 +36,8 @@ TRAILING_ZIP_TOO_KINDS = frozenset({Kind.GGUF, Kind.HDF5, Kind.NPY})
 also open as a zip found at their end: both readings are scanned. (A tar's last member may
 itself be a zip; the tar reader scans it as a member.)"""
 SKIPPED_DIRECTORIES = frozenset({".git", ".hg", ".svn", "__pycache__"})
+LIMIT_RULES = {"MAX_SCAN_SECONDS": "IO-02", "MAX_DECOMPRESSED_BYTES": "ARC-03", "MAX_VALUES": "PK-L02"}
+"""The rule a limit's error is reported under (other limits: PK-L01)."""
 
 
 class FileScan:
@@ -60,8 +62,7 @@ class FileScan:
 
     def add_error(self, exc: TensorsafeError, rule_id: str, location: Location) -> None:
         if isinstance(exc, LimitExceeded):
-            limit_rule = "IO-02" if exc.limit == "MAX_SCAN_SECONDS" else "ARC-03" \
-                if exc.limit == "MAX_DECOMPRESSED_BYTES" else "PK-L01"
+            limit_rule = LIMIT_RULES.get(exc.limit, "PK-L01")
             self.add(limit_rule, f"{exc.message} (limit {exc.limit})", location, exc.limit)
         else:
             self.add(rule_id, exc.message, location)
@@ -81,7 +82,7 @@ class FileScan:
     # -- pickles ---------------------------------------------------------------------------------
     def walk(self, buf, start: int, end: int, hook: BuildHook | None = None) -> PickleTrace:
         return walk(buf, start, end, max_opcodes=self.limits.max_opcodes, max_memo=self.limits.max_memo_entries,
-                    deadline=self.deadline, build_hook=hook)
+                    deadline=self.deadline, build_hook=hook, max_values=self.limits.max_values)
 
     def judge(self, trace: PickleTrace, span: Span, location: Location, depth: int, *, structure: bool = True) -> None:
         """Record the findings of one walked pickle and scan the bytes it hands to loaders.

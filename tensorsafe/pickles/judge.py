@@ -195,7 +195,8 @@ class TraceJudge:
         if err is None:
             return
         if isinstance(err, LimitExceeded):
-            self._add("PK-L01", f"{err.message} (limit {err.limit})", trace.end, err.limit)
+            rule_id = "PK-L02" if err.limit == "MAX_VALUES" else "PK-L01"
+            self._add(rule_id, f"{err.message} (limit {err.limit})", trace.end, err.limit)
         elif isinstance(err, PickleParseError):
             rule_id = "PK-S02" if trace.truncated else "PK-S01"
             self._add(rule_id, err.message, err.offset)

@@ -133,6 +133,10 @@ BENIGN: dict[tuple[str, str], tuple[str, bool]] = {
     ("datetime", "timezone"): ("a time zone offset", True),
     ("decimal", "Decimal"): ("a decimal number", True),
     ("uuid", "UUID"): ("an identifier", False),
+    ("sklearn.preprocessing._label", "LabelEncoder"): (
+        "scikit-learn label encoder (joblib.dump of a fitted LabelEncoder, scikit-learn 0.22+): built without "
+        "arguments, then BUILD runs BaseEstimator.__setstate__, which only compares _sklearn_version and "
+        "updates __dict__ (checked in scikit-learn 1.9); its classes_ is an object array of strings", False),
     # training_args.bin since transformers PR #28664 (early 2024) with accelerate (checked 5.25.0 + accelerate 1.16.0):
     # both come as NEWOBJ() + BUILD(dict); neither defines __new__ nor __setstate__, so BUILD updates __dict__.
     ("transformers.trainer_pt_utils", "AcceleratorConfig"): (

@@ -23,6 +23,11 @@ from tensorsafe.pickles.values import BytesRef, Call, Global, OutOfBand, Persist
 
 MAX_OPCODES = 100_000_000
 MAX_MEMO_ENTRIES = 20_000_000
+MAX_VALUES = 10_000_000
+"""Most values the walk may hold at once: on its stack, in its memo, and inside the containers it
+built (items moved off the stack are counted, never uncounted). Each is a small object (about 100
+bytes), so a walk's memory is bounded by this, plus the argument bytes it copies (at most the
+stream's own size), whatever the stream's opcode count."""
 INLINE_BYTES_LIMIT = 1 << 20
 """Bytes arguments longer than this stay in the source buffer as a ``BytesRef``."""
 DEADLINE_CHECK_INTERVAL = 1 << 15
@@ -127,11 +132,14 @@ class Walker:
 
     def __init__(self, data, start: int, end: int, *, max_opcodes: int = MAX_OPCODES,
                  max_memo: int = MAX_MEMO_ENTRIES, deadline: float | None = None,
-                 build_hook: BuildHook | None = None):
+                 build_hook: BuildHook | None = None, max_values: int = MAX_VALUES):
         self.data = data
         self.end = end
         self.max_opcodes = max_opcodes
         self.max_memo = max_memo
+        self.max_values = max_values
+        self.held = 0
+        """Values moved off the stack into containers and calls by the rare opcodes (see MAX_VALUES)."""
         self.deadline = deadline
         self.build_hook = build_hook
         self.trace = PickleTrace(start=start)
@@ -189,7 +197,13 @@ class Walker:
         mark = self.marks.pop()
         items = self.stack[mark:]
         del self.stack[mark:]
+        self.held += len(items)
         return items
+
+    def _pop(self) -> object:
+        """Pop above the fence: the value moves into what the opcode builds (it stays alive)."""
+        self.held += 1
+        return _pop_fenced(self.stack, self.fence)
 
     def _top(self) -> object:
         if len(self.stack) <= self.fence:
@@ -290,6 +304,7 @@ class Walker:
         fence = marks[-1] if marks else 0
         put_end = end - 5  # a fused LONG_BINPUT needs pos <= put_end (its opcode byte, 4 argument bytes)
         fused = 0  # opcodes run in another opcode's iteration: the opcode count is iterations + fused
+        moved = 0  # values the hot opcodes moved off the stack into tuples and calls (see MAX_VALUES)
         done = 0  # iterations of the chunks already run
         try:
             while True:
@@ -337,6 +352,7 @@ class Walker:
                             self._pop_mark()
                         marks.pop()
                         value = tuple(stack[fence:])
+                        moved += len(value)
                         del stack[fence:]
                         fence = marks[-1] if marks else 0
                         append(value)
@@ -348,6 +364,7 @@ class Walker:
                         if len(stack) - fence < 2:
                             raise _Invalid("unpickling stack underflow")
                         args = pop()
+                        moved += 2
                         value = new(Call)  # Call(func, args, "reduce", offset) without a Python __init__ call
                         value.func = pop()
                         value.args = args
@@ -393,6 +410,7 @@ class Walker:
                         if len(stack) <= fence:
                             raise _Invalid("unpickling stack underflow")
                         value = (pop(),)
+                        moved += 1
                         append(value)
                         if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
                             memo[_U4(data, pos + 1)[0]] = value
@@ -403,6 +421,7 @@ class Walker:
                             raise _Invalid("unpickling stack underflow")
                         value = pop()
                         value = (pop(), value)
+                        moved += 2
                         append(value)
                         if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
                             memo[_U4(data, pos + 1)[0]] = value
@@ -459,6 +478,7 @@ class Walker:
                         c = pop()
                         b = pop()
                         value = (pop(), b, c)
+                        moved += 3
                         append(value)
                         if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
                             memo[_U4(data, pos + 1)[0]] = value
@@ -467,6 +487,9 @@ class Walker:
                     elif op == 0x88:  # NEWTRUE
                         append(True)
                     elif op == 0x2E:  # . STOP
+                        if count + fused > limit:  # the chunk checks run late; the limit is exact
+                            self._check_budget(count + fused, limit, pos)
+                        self._check_values(len(stack) + len(memo) + len(marks) + self.held + moved, pos)
                         trace.root = _pop_fenced(stack, fence)
                         trace.stopped = True
                         trace.opcodes = count + fused
@@ -485,10 +508,16 @@ class Walker:
                 done += DEADLINE_CHECK_INTERVAL
                 pos += 1  # a budget error reports ``pos - 1``: the opcode the walk stops before
                 self._check_budget(done + fused, limit, pos)
+                self._check_values(len(stack) + len(memo) + len(marks) + self.held + moved, pos)
                 pos -= 1
         except BaseException:
             self._op_offset = pos - 1  # where the error is reported: the opcode that raised
             raise
+
+    def _check_values(self, held: int, pos: int) -> None:
+        if held > self.max_values:
+            raise LimitExceeded("MAX_VALUES", self.max_values, f"the pickle holds more than {self.max_values:,} values "
+                                "at once (its memory would grow with its opcode count)", location=f"@{pos - 1}")
 
     def _check_budget(self, count: int, limit: int, pos: int) -> None:
         if count > limit:
@@ -607,8 +636,8 @@ def _op_inst(w: Walker, pos: int) -> int:
 
 
 def _op_stack_global(w: Walker, pos: int) -> int:
-    name = _pop_fenced(w.stack, w.fence)
-    module = _pop_fenced(w.stack, w.fence)
+    name = w._pop()
+    module = w._pop()
     if isinstance(module, str) and isinstance(name, str):
         w.stack.append(w._import(module, name, pos - 1, "STACK_GLOBAL"))
         return pos
@@ -636,16 +665,16 @@ def _op_ext(size: int):
 
 
 def _op_newobj(w: Walker, pos: int) -> int:
-    args = _pop_fenced(w.stack, w.fence)
-    cls = _pop_fenced(w.stack, w.fence)
+    args = w._pop()
+    cls = w._pop()
     w.stack.append(w._call(cls, args, "newobj", pos - 1))
     return pos
 
 
 def _op_newobj_ex(w: Walker, pos: int) -> int:
-    kwargs = _pop_fenced(w.stack, w.fence)
-    args = _pop_fenced(w.stack, w.fence)
-    cls = _pop_fenced(w.stack, w.fence)
+    kwargs = w._pop()
+    args = w._pop()
+    cls = w._pop()
     w.stack.append(w._call(cls, args, "newobj_ex", pos - 1, kwargs))
     return pos
 
@@ -659,7 +688,7 @@ def _op_obj(w: Walker, pos: int) -> int:
 
 
 def _op_build(w: Walker, pos: int) -> int:
-    state = _pop_fenced(w.stack, w.fence)
+    state = w._pop()
     obj = w._top()
     installed = _installed_setstate(state)
     if installed is not None:
@@ -701,21 +730,21 @@ def _op_persid(w: Walker, pos: int) -> int:
 
 
 def _op_binpersid(w: Walker, pos: int) -> int:
-    ref = PersistentRef(_pop_fenced(w.stack, w.fence), pos - 1)
+    ref = PersistentRef(w._pop(), pos - 1)
     w.trace.persistent.append(ref)
     w.stack.append(ref)
     return pos
 
 
 def _op_setitem(w: Walker, pos: int) -> int:
-    value = _pop_fenced(w.stack, w.fence)
-    key = _pop_fenced(w.stack, w.fence)
+    value = w._pop()
+    key = w._pop()
     w._setitems([key, value], pos - 1)
     return pos
 
 
 def _op_append(w: Walker, pos: int) -> int:
-    w._append_items([_pop_fenced(w.stack, w.fence)], pos - 1, "APPEND")
+    w._append_items([w._pop()], pos - 1, "APPEND")
     return pos
 
 
@@ -958,14 +987,14 @@ _RARE = {
 
 def walk(data, start: int = 0, end: int | None = None, *, max_opcodes: int = MAX_OPCODES,
          max_memo: int = MAX_MEMO_ENTRIES, deadline: float | None = None,
-         build_hook: BuildHook | None = None) -> PickleTrace:
+         build_hook: BuildHook | None = None, max_values: int = MAX_VALUES) -> PickleTrace:
     """Walk one pickle stream starting at ``start``; never raises for bad input (see ``trace.error``).
 
     ``data`` is any buffer with ``bytes``-like indexing and ``find`` (bytes, mmap).
     """
     stop = len(data) if end is None else min(end, len(data))
     walker = Walker(data, start, stop, max_opcodes=max_opcodes, max_memo=max_memo, deadline=deadline,
-                    build_hook=build_hook)
+                    build_hook=build_hook, max_values=max_values)
     with collector_paused():
         return walker.run()
 
