@@ -31,6 +31,7 @@ RULE_GROUPS = {
     "HUB-": "Hugging Face Hub",
     "SCAN-": "Identification: what a file is, or why it was not judged",
     "GGUF-": "GGUF (llama.cpp) files",
+    "TPL-": "Chat templates in tokenizer configs and template files",
     "KERAS-": "Keras models (.keras, legacy HDF5)",
     "ONNX-": "ONNX models",
     "ST-F": "safetensors format errors (the reference reader refuses the file)",

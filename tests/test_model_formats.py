@@ -212,7 +212,9 @@ def test_string_byte_cap_is_enforced(monkeypatch):
 
 
 def test_oversized_template_is_not_judged(tmp_path, monkeypatch):
-    monkeypatch.setattr(gguf_mod, "MAX_CHAT_TEMPLATE_BYTES", 100)
+    import tensorsafe.containers.chat_templates as chat_templates
+
+    monkeypatch.setattr(chat_templates, "MAX_CHAT_TEMPLATE_BYTES", 100)
     path = tmp_path / "m.gguf"
     path.write_bytes(_template(CHATML + " " * 100))
     assert "GGUF-02" in rule_ids(_scan(path))

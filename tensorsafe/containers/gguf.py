@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tensorsafe.blob import Span
+from tensorsafe.containers.chat_templates import judge_chat_templates
 from tensorsafe.errors import ParseError
 from tensorsafe.report import Location
 
@@ -40,8 +41,6 @@ MAX_GGUF_ARRAY_DEPTH = 8
 MAX_GGUF_TENSORS = 1_000_000
 GGML_MAX_DIMS = 4
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
-MAX_CHAT_TEMPLATE_BYTES = 4 * 1024 * 1024
-"""A chat template larger than this is not judged (GGUF-02); real ones are a few kilobytes."""
 READ_WINDOW = 1 << 20
 DEADLINE_EVERY = 1 << 16
 """Items parsed between two looks at the scan's deadline."""
@@ -210,33 +209,5 @@ def scan_gguf(fs: FileScan, span: Span, location: Location) -> None:
     except ParseError as exc:
         fs.add("GGUF-02", f"GGUF header or metadata is malformed: {exc.message}", location)
         return
-    if not header.templates:
-        return
-    try:
-        import jinja2  # noqa: F401
-
-        from tensorsafe.containers.jinja_template import (
-            TemplateSyntaxProblem,
-            check_template,
-        )
-    except ImportError:
-        fs.add("GGUF-02", "the GGUF file holds a chat template, but jinja2 is not installed to judge it "
-               "(install jinja2, or the `formats` extra): unscanned", location, "jinja2")
-        return
-    for key, raw in header.templates:
-        if len(raw) > MAX_CHAT_TEMPLATE_BYTES:
-            fs.add("GGUF-02", f"chat template {key!r} is {len(raw):,} bytes, more than the {MAX_CHAT_TEMPLATE_BYTES:,} "
-                   "judged (limit MAX_CHAT_TEMPLATE_BYTES)", location, key)
-            continue
-        try:
-            hits = check_template(_text(raw, f"template {key!r}"))
-        except ParseError as exc:
-            fs.add("GGUF-02", f"{exc.message}: loaders that drop bad bytes would read another template", location, key)
-            continue
-        except TemplateSyntaxProblem as exc:
-            fs.add("GGUF-02", f"chat template {key!r} is not valid Jinja ({exc}): it cannot be judged", location, key)
-            continue
-        if hits:
-            shown = "; ".join(f"{h.chain} ({h.reason})" for h in hits[:3])
-            more = f" and {len(hits) - 3} more" if len(hits) > 3 else ""
-            fs.add("GGUF-01", f"chat template {key!r} reaches Python internals: {shown}{more}", location, key)
+    if header.templates:
+        judge_chat_templates(fs, header.templates, location, "GGUF-01", "GGUF-02", "GGUF file")

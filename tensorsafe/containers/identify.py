@@ -12,6 +12,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING
 
 from tensorsafe.blob import Span
+from tensorsafe.containers.chat_templates import scan_text_templates
 from tensorsafe.containers.plain_formats import identify_plain
 from tensorsafe.report import Finding, Location
 from tensorsafe.rules import Outcome
@@ -74,6 +75,8 @@ def identify_unknown(fs: "FileScan", span: Span, location: Location) -> None:
     suffix = model_suffix(fs.path) if top_level else None
     if kind is not None:
         fs.note_kind(kind)
+        if kind == "text":
+            scan_text_templates(fs, span, location)
         if suffix is None or suffix in MODEL_SHAPED_PLAIN_KINDS.get(kind, ()):
             return
         if kind == "empty":
