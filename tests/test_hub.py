@@ -329,3 +329,28 @@ def test_hub_url_parsing():
     for bad in ("hf://onlyowner", "hf://a/b@/x"):
         with pytest.raises(tensorsafe.errors.UsageError):
             parse_hub_url(bad)
+
+
+def test_files_beside_the_model_are_identified_remotely_as_locally(hub, tmp_path):
+    """Text, msgpack, LFS pointers and unknown binaries get the same verdicts over range requests."""
+    msgpack = pytest.importorskip("msgpack")
+    files = {
+        "README.md": b"# A model\n\nIt does things.\n" * 200,
+        "config.json": b'{"hidden_size": 8}',
+        "flax_model.msgpack": msgpack.packb({"params": {f"w{i}": msgpack.ExtType(1, bytes(70_000))
+                                                        for i in range(20)}}),
+        "weights.bin": b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"a" * 64 + b"\nsize 99\n",
+        "blob.dat": bytes(range(0xA0, 0x100)) * 100,
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = tmp_path / name
+        paths[name].write_bytes(data)
+    hub.add_repo("me/side", paths)
+    remote = {fr.path.rsplit("/", 1)[-1]: fr for fr in scan_hub("hf://me/side").files}
+    for name, path in paths.items():
+        local = tensorsafe.scan(path).files[0]
+        assert (remote[name].verdict, remote[name].kind, _findings(remote[name])) == \
+               (local.verdict, local.kind, _findings(local)), name
+    assert remote["flax_model.msgpack"].verdict == "clean"
+    assert remote["blob.dat"].verdict == "error" and remote["weights.bin"].verdict == "error"
