@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _targets import finish  # benchmarks/_targets.py (a script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "benchmarks" / "_data"
 WORK = DATA / "_convert_work"
@@ -41,7 +43,7 @@ COPY_TARGET = 1.5        # ours within this many times the plain copy's wall tim
 DIFFUSERS_TARGET = 5.0   # ours at least this many times faster than diffusers
 RSS_TARGET_MB = 256      # ours under this peak RSS whatever the model size
 
-# -- the models: real SD1.5 and SDXL-base configs (spec section 8), and tiny ones for --quick -------
+# -- the models: real SD1.5 and SDXL-base configs (docs/single-file.md §8), and tiny ones for --quick -------
 CROSS, CROSS_UP = "CrossAttnDownBlock2D", "CrossAttnUpBlock2D"
 SD_BLOCKS = dict(down_block_types=(CROSS, CROSS, CROSS, "DownBlock2D"), up_block_types=("UpBlock2D", CROSS_UP,
                                                                                          CROSS_UP, CROSS_UP))
@@ -396,7 +398,7 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def report(tag: str, nbytes: int, cmds: list[Command]) -> list[tuple[str, bool]]:
+def report(tag: str, nbytes: int, cmds: list[Command]) -> tuple[list[tuple[str, bool]], list[str]]:
     by = {c.kind: c for c in cmds if not c.kind.startswith("diffusers")}
     cp, sync, ours = by["copy"], by["copy+sync"], by["ours"]
     print(f"\n{tag}: {nbytes / 1e9:.2f} GB")
@@ -419,25 +421,28 @@ def report(tag: str, nbytes: int, cmds: list[Command]) -> list[tuple[str, bool]]
           "median of the per-round ratios to cp; x ours: diffusers' (baseline's) median over our file->folder "
           "(same direction) median; '+ sync': the command then syncs, so its output is durable as ours is "
           "(shown, not a target)")
-    checks = []
+    checks: list[tuple[str, bool]] = []
+    failures: list[str] = []
     for c in (ours, by["reverse"]):
         if not c.walls:
-            checks.append((f"{tag} {c.label}: failed ({c.failed})", False))
+            failures.append(f"{tag} {c.label}: failed ({c.failed})")
             continue
         r = med(c.walls) / med(cp.walls)
         checks.append((f"{tag} {c.label}: wall / cp = {r:.2f} (per round {c.per_round(cp):.2f}; target <= "
                        f"{COPY_TARGET}); / cp+sync = {med(c.walls) / med(sync.walls):.2f}", r <= COPY_TARGET))
         checks.append((f"{tag} {c.label}: peak RSS {max(c.rss_mb):.0f} MB (target < {RSS_TARGET_MB})",
-                       max(c.rss_mb) < RSS_TARGET_MB and not c.failed))
+                       max(c.rss_mb) < RSS_TARGET_MB))
+        if c.failed:
+            failures.append(f"{tag} {c.label}: failed after {len(c.walls)} run(s) ({c.failed})")
     for c in cmds:
         if c.kind == "diffusers":
             if not c.walls or not ours.walls:
-                checks.append((f"{tag} {c.label}: failed ({c.failed}), no ratio", False))
+                failures.append(f"{tag} {c.label}: failed ({c.failed}), no ratio")
                 continue
             r = med(c.walls) / med(ours.walls)
             checks.append((f"{tag} {c.label}: {r:.1f}x our file->folder time (target >= {DIFFUSERS_TARGET}); "
                            f"peak RSS {max(c.rss_mb):.0f} MB", r >= DIFFUSERS_TARGET))
-    return checks
+    return checks, failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -481,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
           "once before each run (warm page cache, nothing dropped); outputs are deleted and `sync` run between "
           "runs (untimed).")
     checks: list[tuple[str, bool]] = []
+    failures: list[str] = []
     for name in names:
         model = table[name]
         tag = f"{name}{' (quick)' if args.quick else ''}"
@@ -504,15 +510,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  round {r + 1}")
             for c in todo[shift:] + todo[:shift]:
                 run_once(c, r, env)
-        checks += report(tag, size_of(src), cmds)
+        new_checks, new_failures = report(tag, size_of(src), cmds)
+        checks += new_checks
+        failures += new_failures
         if args.breakdown:
             breakdown(src, folder, env, args.breakdown_variant)
-    print("\nTargets:" + (" (--quick: tiny files, where start-up dominates; the targets are about the real sizes)"
-                          if args.quick else ""))
-    for text, ok in checks:
-        print(f"  [{'met ' if ok else 'MISS'}] {text}")
     shutil.rmtree(WORK, ignore_errors=True)
-    return 0
+    return finish(checks, quick=args.quick, failures=failures)
 
 
 def _mem_gb() -> float:

@@ -100,8 +100,9 @@ def allowlist_page() -> str:
 def cli_commands(group: click.Group = cli_main, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
     """Every command path under ``group`` (the group itself first), subgroups included, sorted."""
     found: list[tuple[tuple[str, ...], click.Command]] = [(prefix, group)]
-    for name in sorted(group.commands):
-        command = group.commands[name]
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
         if command.hidden:
             continue
         if isinstance(command, click.Group):

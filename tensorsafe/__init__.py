@@ -13,26 +13,63 @@ Library API (the CLI is a thin layer over it)::
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 from tensorsafe.errors import (  # noqa: E402
-    LimitExceeded, ParseError, PickleParseError, PolicyFileError, TensorsafeError, UnreadableFileError, UnsafeFileError,
-    UsageError,
+    ContainmentError, LimitExceeded, OutputError, ParseError, PickleParseError, PolicyFileError, RenderError,
+    TensorsafeError, UnreadableFileError, UnsafeFileError, UnsupportedModelError, UsageError,
 )
-from tensorsafe.limits import ScanLimits  # noqa: E402
-from tensorsafe.report import Finding, FileResult, Location, PolicyInfo, Report  # noqa: E402
-from tensorsafe.policy_file import PolicyConfig, load_policy, load_policy_file  # noqa: E402
-from tensorsafe.scanner import scan, scan_file  # noqa: E402
-from tensorsafe.batch import scan_many, validate_many  # noqa: E402
-from tensorsafe.header import HeaderLimits, validate, validate_file  # noqa: E402
-from tensorsafe.load import load_state_dict  # noqa: E402
-import tensorsafe.convert  # noqa: E402  (callable: tensorsafe.convert(src, dst, ...))
-from tensorsafe.pipeline import check_render, render  # noqa: E402  (torch is imported on first use)
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
+    import tensorsafe.convert as convert  # noqa: F401
+    from tensorsafe.batch import scan_many, validate_many  # noqa: F401
+    from tensorsafe.header import HeaderLimits, validate, validate_file  # noqa: F401
+    from tensorsafe.limits import ScanLimits  # noqa: F401
+    from tensorsafe.load import load_state_dict  # noqa: F401
+    from tensorsafe.pipeline import check_render, render  # noqa: F401
+    from tensorsafe.policy_file import PolicyConfig, load_policy, load_policy_file  # noqa: F401
+    from tensorsafe.report import FileResult, Finding, Location, PolicyInfo, Report  # noqa: F401
+    from tensorsafe.scanner import scan, scan_file  # noqa: F401
+
+# The verbs load on first use (PEP 562), so a CLI call or ``import tensorsafe.errors`` does not pay
+# for numpy, the converter or the pipeline: name -> module that defines it.
+_LAZY = {
+    "ScanLimits": "tensorsafe.limits",
+    "Finding": "tensorsafe.report", "FileResult": "tensorsafe.report", "Location": "tensorsafe.report",
+    "PolicyInfo": "tensorsafe.report", "Report": "tensorsafe.report",
+    "PolicyConfig": "tensorsafe.policy_file", "load_policy": "tensorsafe.policy_file",
+    "load_policy_file": "tensorsafe.policy_file",
+    "scan": "tensorsafe.scanner", "scan_file": "tensorsafe.scanner",
+    "scan_many": "tensorsafe.batch", "validate_many": "tensorsafe.batch",
+    "HeaderLimits": "tensorsafe.header", "validate": "tensorsafe.header", "validate_file": "tensorsafe.header",
+    "load_state_dict": "tensorsafe.load",
+    "convert": "tensorsafe.convert",  # the callable package itself (tensorsafe.convert(src, dst, ...))
+    "check_render": "tensorsafe.pipeline", "render": "tensorsafe.pipeline",  # torch is imported on first use
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tensorsafe' has no attribute {name!r}")
+    import importlib
+
+    mod = importlib.import_module(module)
+    value = getattr(mod, name, mod) if module == f"tensorsafe.{name}" else getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__", "scan", "scan_file", "load_state_dict", "convert", "render", "check_render", "Report", "FileResult", "Finding", "Location", "ScanLimits",
     "validate", "validate_file", "HeaderLimits", "scan_many", "validate_many",
     "load_policy", "load_policy_file", "PolicyConfig", "PolicyInfo",
     "TensorsafeError", "UnreadableFileError", "ParseError", "PickleParseError", "LimitExceeded",
-    "PolicyFileError", "UsageError", "UnsafeFileError",
+    "PolicyFileError", "UsageError", "UnsafeFileError", "ContainmentError", "UnsupportedModelError", "OutputError",
+    "RenderError",
 ]

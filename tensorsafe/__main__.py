@@ -1,3 +1,3 @@
-from tensorsafe.cli import main
+from tensorsafe.entry import main
 
 main()

@@ -29,6 +29,7 @@ from tensorsafe.pickles.policy import Policy
 from tensorsafe.report import FileResult, Finding, Report
 
 if TYPE_CHECKING:
+    from tensorsafe.header.limits import HeaderLimits
     from tensorsafe.policy_file import PolicyConfig
 
 DEFAULT_CHUNK_SIZE = 16
@@ -52,7 +53,7 @@ def scan_item(item: str, policy: Policy, limits: ScanLimits | None, explain: boo
     return scan([item], policy, limits, explain=explain, allow_empty=allow_empty).files
 
 
-def validate_item(item: str, limits, deep: bool, overrides: Mapping[str, int] | None) -> list[FileResult]:
+def validate_item(item: str, limits: HeaderLimits | None, deep: bool, overrides: Mapping[str, int] | None) -> list[FileResult]:
     """Validate one file exactly as :func:`tensorsafe.validate` does."""
     from tensorsafe.header.validator import validate_file
 
@@ -280,7 +281,7 @@ def scan_many(paths: str | os.PathLike | Iterable[str | os.PathLike], policy: Po
                     max_pending=max_pending)
 
 
-def validate_many(paths: str | os.PathLike | Iterable[str | os.PathLike], limits=None, *, deep: bool = False,
+def validate_many(paths: str | os.PathLike | Iterable[str | os.PathLike], limits: HeaderLimits | None = None, *, deep: bool = False,
                   overrides: Mapping[str, int] | None = None, executor: ExecutorLike | None = None,
                   jobs: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE, ordered: bool = False,
                   max_pending: int | None = None) -> Iterator[FileResult]:

@@ -8,17 +8,35 @@ from pathlib import Path
 import click
 
 from tensorsafe import __version__
+from tensorsafe.entry import interrupted
 from tensorsafe.errors import TensorsafeError
 from tensorsafe.formats import to_json, to_sarif, to_text
-from tensorsafe.limits import MAX_ARCHIVE_DEPTH, MAX_SCAN_SECONDS, ScanLimits
+from tensorsafe.limits import DEFAULT_MAX_REMOTE_BYTES, MAX_ARCHIVE_DEPTH, MAX_SCAN_SECONDS, ScanLimits
 from tensorsafe.containers.decompress import MAX_DECOMPRESSED_BYTES
 from tensorsafe.report import EXIT_UNREADABLE, Report
 from tensorsafe.cli_hub import PathOrHub
-from tensorsafe.remote import DEFAULT_MAX_REMOTE_BYTES
 
 
 class _Group(click.Group):
-    """Turns known errors into one line naming the file, exit code 2; ``--debug`` keeps tracebacks."""
+    """Turns known errors into one line naming the file, exit code 2; ``--debug`` keeps tracebacks.
+
+    ``convert`` and ``render`` load on first use (click's lazy subcommands): a ``scan`` or ``validate``
+    run does not pay for the converter and its numpy.
+    """
+
+    LAZY = {"convert": ("tensorsafe.cli_convert", "convert_command"),
+            "render": ("tensorsafe.cli_render", "render_command")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            import importlib
+
+            module, attr = self.LAZY[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -26,8 +44,29 @@ class _Group(click.Group):
         except TensorsafeError as exc:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"tensorsafe: error: {exc}", err=True)
+            click.echo(f"tensorsafe: error: {exc.cli_message()}", err=True)
             ctx.exit(EXIT_UNREADABLE)
+        except KeyboardInterrupt:
+            interrupted()
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra):
+        """click's standalone mode, except that Ctrl-C ends in one line and exit 130: click's own
+        "Aborted!" exits 1, which here means "a finding fails the policy"."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.Abort as exc:
+            if isinstance(exc.__cause__, KeyboardInterrupt):
+                interrupted()
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            interrupted()
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 @click.group(cls=_Group)
@@ -117,9 +156,9 @@ def scan(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file: Pa
       tensorsafe scan model.ckpt
       tensorsafe scan ./my-model-repo --sarif -o tensorsafe.sarif
       tensorsafe scan suspicious.bin --explain
-      tensorsafe scan hf://runwayml/stable-diffusion-v1-5/v1-5-pruned.ckpt --hub-verdicts
+      tensorsafe scan hf://stable-diffusion-v1-5/stable-diffusion-v1-5/v1-5-pruned.ckpt --hub-verdicts
     """
-    from tensorsafe.hub_scan import split_paths
+    from tensorsafe.hub import split_paths
     from tensorsafe.scanner import scan as scan_paths
 
     given = paths
@@ -229,7 +268,7 @@ def validate(paths: tuple[Path, ...], fmt: str, output: Path | None, policy_file
              limit_values: tuple[str, ...], deep: bool, verbose: bool, jobs: int) -> None:
     from tensorsafe.header.limits import parse_assignment
     from tensorsafe.header.validator import validate as validate_paths
-    from tensorsafe.hub_scan import split_paths
+    from tensorsafe.hub import split_paths
 
     overrides = dict(parse_assignment(v) for v in limit_values)
     given = paths
@@ -296,16 +335,6 @@ def inspect(path: Path, as_json: bool) -> None:
         shapes, extras = {t.name: tuple(t.shape) for t in ins.tensors}, {}
     data["model"] = family_report(shapes, extras)
     click.echo(json.dumps(data, indent=2, default=str) if as_json else "\n".join(lines + family_lines(data["model"])))
-
-
-from tensorsafe.cli_convert import convert_command  # noqa: E402
-
-main.add_command(convert_command)
-
-
-from tensorsafe.cli_render import render_command  # noqa: E402  (imports torch only when it runs)
-
-main.add_command(render_command)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ def _summary(r: ConversionResult) -> str:
                      f"{next(iter(r.dropped.values()))})")
     if r.unmapped:
         lines.append(f"  left out {len(r.unmapped)} unknown keys (--allow-unmapped): {', '.join(r.unmapped[:5])}")
+    lines += [f"  read through a symlink leading out of its folder (--allow-symlinks): {s}" for s in r.symlinked]
     return "\n".join(lines)
 
 
@@ -49,7 +50,8 @@ def _summary(r: ConversionResult) -> str:
               help="Use the EMA copy of the UNet when the checkpoint carries one.")
 @click.option("--vae", type=click.Path(exists=True, dir_okay=False), help="Take the VAE from this file instead.")
 @click.option("--config", "config_folder", type=click.Path(exists=True, file_okay=False),
-              help="Take component configs, scheduler and tokenizers from this diffusers folder.")
+              help="Take component configs, scheduler and tokenizers from this diffusers folder (a tokenizer "
+                   "folder it lacks gets the bundled CLIP tokenizer; the summary says so).")
 @click.option("--base", "base_folder", type=click.Path(exists=True, file_okay=False),
               help="Take the components the file lacks (VAE, text encoders of a UNet-only file) from this "
                    "diffusers folder.")
@@ -58,6 +60,9 @@ def _summary(r: ConversionResult) -> str:
               help="Where the weights cannot tell (SD2 512 vs 768-v).")
 @click.option("--overwrite", is_flag=True, help="Replace DST if it exists (only once the new output is complete).")
 @click.option("--allow-unmapped", is_flag=True, help="Convert even when some keys are unknown to the key maps.")
+@click.option("--allow-symlinks", is_flag=True,
+              help="Follow symlinks in a source, --config or --base folder that lead out of it (weights kept in a "
+                   "shared cache); the summary lists them. By default they are refused.")
 @click.option("--max-shard-size", type=click.IntRange(1), default=DEFAULT_MAX_SHARD_BYTES, show_default=True,
               help="Bytes per weights file before sharding with an index.")
 @click.option("--check-render", is_flag=True,
@@ -66,12 +71,13 @@ def _summary(r: ConversionResult) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def convert_command(src: Path, dst: Path, dtype: str | None, ema: str, vae: str | None, config_folder: str | None,
                     base_folder: str | None, model_type: str | None, prediction_type: str | None, overwrite: bool, allow_unmapped: bool,
-                    max_shard_size: int, check_render: bool, quiet: bool) -> None:
+                    max_shard_size: int, check_render: bool, quiet: bool, allow_symlinks: bool) -> None:
     """Convert a single-file SD checkpoint to a diffusers folder, or a diffusers folder back to one file.
 
     The direction follows SRC. Pickle checkpoints are scanned first and read without running any
     pickle code. Output is written beside DST and renamed into place only when complete and
-    verified; DST is never touched without --overwrite.
+    verified; DST is never touched without --overwrite. DST's parent folder must exist, whether DST
+    is a folder or a file (as with cp: parent folders are not created; mkdir -p them first).
 
     \b
     Examples:
@@ -89,7 +95,7 @@ def convert_command(src: Path, dst: Path, dtype: str | None, ema: str, vae: str 
     options = ConvertOptions(dtype=dtype, ema=ema, vae=vae, config=config_folder, base=base_folder,
                              model_type=model_type,
                              prediction_type=prediction_type, overwrite=overwrite, allow_unmapped=allow_unmapped,
-                             max_shard_bytes=max_shard_size)
+                             max_shard_bytes=max_shard_size, allow_symlinks=allow_symlinks)
     src = local_source(src)
     result = convert(src, dst, options=options, progress_factory=_progress_factory(quiet))
     if not quiet:
@@ -105,7 +111,7 @@ def _check_render(dst: Path, quiet: bool) -> None:
     try:
         png = check_render(dst)
     except TensorsafeError as exc:
-        exc.message = f"converted, but the check render failed: {exc.message}"
+        exc.message = f"converted, but the check render failed: {exc.raw_message}"
         raise
     if not quiet:
         click.echo(f"  check render: {png}")

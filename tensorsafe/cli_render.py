@@ -88,11 +88,14 @@ def _progress(quiet: bool):
               help="PNG file to write (prompt and settings go in its text chunks).")
 @click.option("--max-memory", help="Refuse a render whose estimated memory is over this (bytes, or e.g. 6G) "
               "[default: half the RAM; 90% of the GPU's memory with --device cuda].")
+@click.option("--allow-symlinks", is_flag=True,
+              help="Follow symlinks in the model folder (or --config folder) that lead out of it; by default "
+                   "they are refused.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def render_command(path: Path, prompt: str, negative_prompt: str, steps: int, size: str | None, seed: int,
                    guidance: float, scheduler: str, device: str, dtype: str, strength: float,
                    config_folder: str | None, model_type: str | None, prediction_type: str | None, output: Path,
-                   max_memory: str | None, quiet: bool) -> None:
+                   max_memory: str | None, quiet: bool, allow_symlinks: bool) -> None:
     """Render a picture with a converted diffusers folder or a single-file checkpoint.
 
     A quick check that a conversion works: tensorsafe's own reference pipeline (torch, no
@@ -117,7 +120,7 @@ def render_command(path: Path, prompt: str, negative_prompt: str, steps: int, si
     image = render(path, prompt, negative_prompt, steps=steps, size=_size(size), seed=seed, guidance=guidance,
                    scheduler=scheduler, device=device, dtype=dtype, strength=strength, output=output,
                    config=config_folder, model_type=model_type, prediction_type=prediction_type,
-                   progress=_progress(quiet), max_memory_bytes=max_memory_bytes)
+                   progress=_progress(quiet), max_memory_bytes=max_memory_bytes, allow_symlinks=allow_symlinks)
     if not quiet:
         click.echo(f"rendered {path} -> {output} ({image.width}x{image.height}, {steps} steps, {scheduler}, "
                    f"seed {seed})")

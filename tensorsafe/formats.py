@@ -1,9 +1,10 @@
 """Render a report: readable text, JSON with a stable schema, SARIF 2.1.0."""
 from __future__ import annotations
 
+import os
+
 from tensorsafe import __version__
 from tensorsafe.report import Finding, Report, printable
-from tensorsafe.sarif import to_sarif  # noqa: F401  (SARIF 2.1.0 lives in its own module)
 
 JSON_SCHEMA_VERSION = 1
 
@@ -88,3 +89,10 @@ def _finding_json(f: Finding) -> dict:
         "trigger": f.trigger,
         "location": {"members": list(f.location.members), "offset": f.location.offset},
     }
+
+
+def to_sarif(report: Report, base: str | os.PathLike | None = None) -> dict:
+    """SARIF 2.1.0, built by :mod:`tensorsafe.sarif` (loaded here on use: text and JSON runs skip it)."""
+    from tensorsafe.sarif import to_sarif as build
+
+    return build(report, base)

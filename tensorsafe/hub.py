@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote
@@ -97,6 +98,20 @@ def is_hub_url(p: str | os.PathLike) -> bool:
     local path of that name exists."""
     s = os.fspath(p)
     return s.startswith("hf:/") and not os.path.exists(s)
+
+
+def split_paths(paths: Iterable[str | os.PathLike]) -> tuple[list, list[str]]:
+    """(local paths, hf:// URLs)."""
+    local: list = []
+    remote: list[str] = []
+    for p in paths:
+        (remote if is_hub_url(p) else local).append(p if not is_hub_url(p) else _url_text(p))
+    return local, remote
+
+
+def _url_text(p: str | os.PathLike) -> str:
+    """``hf:/a/b`` (what ``pathlib`` makes of ``hf://a/b``) back to ``hf://a/b``."""
+    return str(parse_hub_url(p))
 
 
 def parse_hub_url(p: str | os.PathLike) -> HubPath:

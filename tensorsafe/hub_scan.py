@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 from tensorsafe.blob import Span
@@ -29,6 +28,7 @@ from tensorsafe.hub import (
     list_files,
     offline,
     parse_hub_url,
+    split_paths,  # noqa: F401  (lives in hub.py: the CLI calls it without loading the scan engine)
 )
 from tensorsafe.hub_http import Deadline
 from tensorsafe.limits import MAX_SCAN_SECONDS, ScanLimits
@@ -269,16 +269,3 @@ def local_copy(url: str | os.PathLike) -> Path:
     return download(parse_hub_url(url))
 
 
-def split_paths(paths: Iterable[str | os.PathLike]) -> tuple[list, list[str]]:
-    """(local paths, hf:// URLs)."""
-    from tensorsafe.hub import is_hub_url
-
-    local, remote = [], []
-    for p in paths:
-        (remote if is_hub_url(p) else local).append(p if not is_hub_url(p) else _url_text(p))
-    return local, remote
-
-
-def _url_text(p: str | os.PathLike) -> str:
-    """``hf:/a/b`` (what ``pathlib`` makes of ``hf://a/b``) back to ``hf://a/b``."""
-    return str(parse_hub_url(p))

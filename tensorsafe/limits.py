@@ -10,6 +10,8 @@ from tensorsafe.pickles.walker import MAX_MEMO_ENTRIES, MAX_OPCODES, MAX_VALUES
 MAX_ARCHIVE_DEPTH = 6
 MAX_SCAN_SECONDS = 300.0
 MAX_PICKLES_PER_STREAM = 10_000
+DEFAULT_MAX_REMOTE_BYTES = 64 << 20
+"""Most bytes one remote scan may fetch (``--deep`` downloads the file instead)."""
 
 
 @dataclass(frozen=True)

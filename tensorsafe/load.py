@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def load_state_dict(path: str | os.PathLike, *, framework: str = "numpy", policy
     return {name: convert(ref, buf) for name, ref in ckpt.tensors.items()}
 
 
-def raw_bytes_view(ref: TensorRef, buf) -> np.ndarray:
+def raw_bytes_view(ref: TensorRef, buf: bytes | mmap.mmap) -> np.ndarray:
     """The tensor's elements as a strided ``uint8`` view over ``buf``: shape + (itemsize,)."""
     itemsize = ref.dtype.itemsize
     if not ref.numel:
@@ -38,7 +39,7 @@ def raw_bytes_view(ref: TensorRef, buf) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(base, shape=ref.shape + (itemsize,), strides=strides, writeable=False)
 
 
-def to_numpy(ref: TensorRef, buf) -> np.ndarray:
+def to_numpy(ref: TensorRef, buf: bytes | mmap.mmap) -> np.ndarray:
     if not ref.numel:
         return np.zeros(ref.shape, dtype=ref.dtype.numpy or np.float32)
     raw = raw_bytes_view(ref, buf)
@@ -52,7 +53,7 @@ def to_numpy(ref: TensorRef, buf) -> np.ndarray:
     raise UsageError(f"numpy has no {ref.dtype.name}; use framework='torch'")
 
 
-def to_torch(ref: TensorRef, buf):
+def to_torch(ref: TensorRef, buf: bytes | mmap.mmap) -> Any:  # a torch.Tensor (torch is optional)
     import torch
 
     dtype = getattr(torch, ref.dtype.torch)

@@ -23,15 +23,13 @@ from typing import Protocol
 from tensorsafe.blob import Span
 from tensorsafe.errors import LimitExceeded
 from tensorsafe.hub_http import RemoteReadError
-from tensorsafe.limits import ScanLimits
+from tensorsafe.limits import DEFAULT_MAX_REMOTE_BYTES, ScanLimits
 from tensorsafe.pickles.policy import Policy
 from tensorsafe.pickles.walker import BuildHook, PickleTrace
 from tensorsafe.report import FileResult, Location
 from tensorsafe.scanner import FileScan, findings_for_errors
 from tensorsafe.sniff import ZIP_EOCD_MAGIC, ZIP_EOCD_SEARCH, ZIP_LOCAL_MAGIC
 
-DEFAULT_MAX_REMOTE_BYTES = 64 << 20
-"""Most bytes one remote scan may fetch (``--deep`` downloads the file instead)."""
 READAHEAD = 16 << 10
 """A small read fetches at least this much (headers and names sit next to each other)."""
 FIRST_WALK_WINDOW = 256 << 10

@@ -219,7 +219,7 @@ RULES: dict[str, Rule] = {r.id: r for r in [
           "The ONNX protobuf cannot be parsed (or the onnx package is not installed).",
           "The file is corrupted, crafted, or needs `pip install onnx` to be read."),
     # --- safetensors header (ST-Fxx format errors, ST-Pxx policy findings, ST-Axx advisories) ----
-    # (section owned by the header validator; see ../shared/specs/safetensors-header.md)
+    # (section owned by the header validator; see docs/safetensors.md)
     _rule("ST-F01", "st-file-too-small", E, HIGH,
           "The file is shorter than the 8-byte header length (reference: HeaderTooSmall).",
           "The file is truncated or not safetensors; download it again."),

@@ -22,7 +22,10 @@ from tensorsafe.report import FileResult, Finding, ImportUse, Location, Report
 from tensorsafe.sniff import Kind, may_hold_zip_at_end, sniff
 
 if TYPE_CHECKING:
+    import mmap
+
     from tensorsafe.policy_file import PolicyConfig
+    from tensorsafe.report import PolicyInfo
 
 STRUCTURE_RULES = frozenset({"PK-S01", "PK-S02", "PK-S03", "PK-S05", "PK-S06", "PK-L01", "PK-L02"})
 POLYGLOT_FRONT_KINDS = frozenset({Kind.PICKLE, Kind.UNKNOWN})
@@ -80,7 +83,7 @@ class FileScan:
         return False
 
     # -- pickles ---------------------------------------------------------------------------------
-    def walk(self, buf, start: int, end: int, hook: BuildHook | None = None) -> PickleTrace:
+    def walk(self, buf: bytes | mmap.mmap, start: int, end: int, hook: BuildHook | None = None) -> PickleTrace:
         return walk(buf, start, end, max_opcodes=self.limits.max_opcodes, max_memo=self.limits.max_memo_entries,
                     deadline=self.deadline, build_hook=hook, max_values=self.limits.max_values)
 
@@ -293,7 +296,7 @@ def _policy_for(policy: Policy | PolicyConfig | None) -> Policy:
     return resolve_policy(policy)
 
 
-def _describe(policy: Policy, allow_empty: bool):
+def _describe(policy: Policy, allow_empty: bool) -> PolicyInfo:
     from tensorsafe.policy_file import describe
 
     return describe(policy, allow_empty=allow_empty)

@@ -1,12 +1,40 @@
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
-import tensorsafe
+ROOT = Path(__file__).resolve().parent.parent
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "models"
+
+def _test_the_installed_package() -> None:
+    """Make ``import tensorsafe`` load what pip installed, not the checkout beside the tests.
+
+    ``python -m pytest`` run from a checkout puts the checkout first on sys.path (the current
+    directory, and pytest's rootdir for the ``tests`` package), which would shadow a plain
+    ``pip install .``: the suite would test the source tree (without the compiled parts the install
+    built) instead of the installed package. The ``tests`` package is already imported here, so the
+    checkout can leave sys.path; an editable install still maps tensorsafe to the checkout, and
+    where nothing is installed the checkout stays (tests/test_public_api.py then says so).
+    Children started with ``python -c`` from the checkout get the same view (PYTHONSAFEPATH)."""
+    def is_checkout(entry: str) -> bool:
+        return Path(entry or os.curdir).resolve() == ROOT
+
+    saved = sys.path[:]
+    sys.path[:] = [entry for entry in saved if not is_checkout(entry)]
+    if importlib.util.find_spec("tensorsafe") is None:
+        sys.path[:] = saved
+    os.environ.setdefault("PYTHONSAFEPATH", "1")
+
+
+_test_the_installed_package()
+
+import tensorsafe  # noqa: E402  (after the sys.path fix above)
+
+FIXTURES = ROOT / "fixtures" / "models"
 
 
 @pytest.fixture

@@ -454,7 +454,7 @@ class Machine:
             if isinstance(gname, str) and isinstance(module, str) and type(gname) is str and type(module) is str:
                 s.append(self.imported(module, gname, offset))
             elif isinstance(gname, Obj) or isinstance(module, Obj):
-                self.out.unresolved.append((f"STACK_GLOBAL of computed operands", offset))
+                self.out.unresolved.append(("STACK_GLOBAL of computed operands", offset))
                 s.append(Obj("unresolved"))
             else:
                 raise Break("STACK_GLOBAL requires str")

@@ -1,4 +1,4 @@
-"""Tiny random-weight diffusers/transformers models of each Stable Diffusion family (spec section 12).
+"""Tiny random-weight diffusers/transformers models of each Stable Diffusion family (docs/single-file.md §12).
 
 They keep the real block structure (4 UNet levels for SD, 3 for SDXL, 4 for the refiner, 2 resnets
 per down level, 4 VAE levels) so that the original layout's key indices are the real ones; only

@@ -11,6 +11,7 @@ import lzma
 import os
 import struct
 import sys
+import tarfile
 import tempfile
 import time
 import zlib
@@ -169,9 +170,7 @@ def test_unopened_archive_inside_a_zip_is_unscanned(tmp_path):
 
 
 # -- tar members read the way tarfile.extractfile reads them ---------------------------------------
-def _tar(info: "tarfile.TarInfo", stored: bytes, header: bytes | None = None) -> bytes:
-    import tarfile
-
+def _tar(info: tarfile.TarInfo, stored: bytes, header: bytes | None = None) -> bytes:
     head = header if header is not None else info.tobuf(tarfile.GNU_FORMAT)
     pad = b"\0" * (-len(stored) % 512)
     return head + stored + pad + b"\0" * 1024

@@ -1,6 +1,6 @@
 """Component configs read from the shapes: diffusers/transformers build models from them whose
 state dicts have exactly the mapped keys and shapes (tiny models), and the real SD1.5 / SD2.1 /
-SDXL / refiner shapes give the values of the spec's tables (section 8). Real-size models are built
+SDXL / refiner shapes give the values of the tables of docs/single-file.md §8. Real-size models are built
 on torch's ``meta`` device: shapes only, no memory, well under a second each.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from tests import sd_tiny  # noqa: E402
-from tests.sd_tiny import CASE_IDS, CASES, folder_detection, orig_shapes, to_single_file  # noqa: E402
+from tests.sd_tiny import CASE_IDS, CASES, to_single_file  # noqa: E402
 from tensorsafe.convert import configs, families, keymaps  # noqa: E402
 from tensorsafe.errors import UsageError  # noqa: E402
 
@@ -150,7 +150,7 @@ def test_folder_configs_that_do_not_fit_are_refused(tmp_path, rel, field, value,
     with pytest.raises(UsageError) as info:
         configs.load_folder_configs(tmp_path, det, sbc)
     message = str(info.value)
-    assert rel in message and f"{field} = {value!r}" in message and named in message and "--config" in message
+    assert rel in message and f"{field} = {value!r}" in message and named in message and "leave out config" in message
 
 
 def test_folder_without_a_needed_config_is_refused(tmp_path):

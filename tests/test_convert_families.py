@@ -86,7 +86,7 @@ def test_unet_only_files():
     assert (det.family, det.components) == ("sd1", ("unet",))
     assert any("vae" in a and "not in the file" in a for a in det.assumptions)
     assert detect(unet_only("sd2"), {}).family == "sd2"  # linear proj_in
-    with pytest.raises(UsageError, match="--model-type"):
+    with pytest.raises(UsageError, match="model_type=FAMILY"):
         detect(unet_only("sdxl"), {})  # tiny widths: base or refiner cannot be told
     assert detect(unet_only("sdxl"), {}, model_type="sdxl").family == "sdxl"
     comfy = {k[len(U):]: s for k, s in unet_only("sdxl-refiner").items()}
@@ -118,7 +118,7 @@ def test_ema_detection():
 def test_model_type_override_and_conflicts():
     det = detect(shapes("sd1"), {}, model_type="v2")
     assert det.family == "sd2" and any(line.startswith("note: the keys suggest sd1") for line in det.evidence)
-    with pytest.raises(UsageError, match="unknown --model-type"):
+    with pytest.raises(UsageError, match="unknown model_type"):
         detect(shapes("sd1"), {}, model_type="sd9")
     mixed = {**unet_only("sd2"), **{k: v for k, v in shapes("sd1").items() if k.startswith("cond_stage_model.")}}
     with pytest.raises(UsageError, match="text encoder keys say sd1"):

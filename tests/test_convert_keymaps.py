@@ -8,7 +8,7 @@ mapped to the single-file layout with ``plan_to_single_file``; then
 - oracle: diffusers' ``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``,
   ``convert_ldm_clip_checkpoint`` and ``convert_open_clip_checkpoint`` (written independently of
   us) turn the same single-file tensors into the same diffusers keys, shapes and values. Where
-  diffusers does something we deliberately do not (spec section 11), the test says so.
+  diffusers does something we deliberately do not (docs/single-file.md §11), the test says so.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_reverse_plan_sources_are_component_qualified():
 
 
 def test_real_single_file_names_for_sdxl():
-    """Spot checks of the original names the tiny SDXL folder maps to (spec section 4)."""
+    """Spot checks of the original names the tiny SDXL folder maps to (docs/single-file.md §4)."""
     keys = set(orig_shapes(to_single_file("sdxl")[1]))
     u = "model.diffusion_model."
     # down level 0 has no attention; its downsampler is input_blocks.3; level 1's attention is input_blocks.4.1
@@ -182,7 +182,7 @@ def test_ema_choice_matches_diffusers_extract_ema(ema):
 
 def test_ema_yes_without_ema_is_a_usage_error():
     _, orig = to_single_file("sd1")
-    with pytest.raises(UsageError, match="--ema yes"):
+    with pytest.raises(UsageError, match="ema='yes'"):
         keymaps.plan_to_diffusers(orig_shapes(orig), families.detect(orig_shapes(orig), {}), ema="yes")
 
 
@@ -200,7 +200,7 @@ def test_incomplete_ema_falls_back_with_a_note():
 
 
 def test_position_ids_dropped_where_diffusers_keeps_them():
-    """diffusers copies CLIP's position_ids buffer; we drop it with a reason (spec sections 1, 7.1):
+    """diffusers copies CLIP's position_ids buffer; we drop it with a reason (docs/single-file.md §1, §7.1):
     it is the constant arange(77), not a weight, transformers does not save it, and merges often
     store it as a float with rounding errors."""
     _, orig = to_single_file("sd1")

@@ -25,7 +25,7 @@ def test_unet_only_file_needs_a_base(tmp_path, sd1):
     reference, pipe, _, tensors = sd1
     unet_only = tmp_path / "unet.safetensors"
     save_file({k: v for k, v in tensors.items() if k.startswith("model.diffusion_model.")}, unet_only)
-    with pytest.raises(ParseError, match=r"weights for vae, text_encoder appear to be missing.*--base"):
+    with pytest.raises(ParseError, match=r"weights for vae, text_encoder appear to be missing.*base=FOLDER"):
         convert(unet_only, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     result = convert(unet_only, tmp_path / "out", base=str(reference))
@@ -101,7 +101,7 @@ def test_unknown_keys_fail_unless_allowed(tmp_path, sd1):
     _, _, single, tensors = sd1
     odd = tmp_path / "odd.safetensors"
     save_file({**tensors, "lora_unet_something.alpha": torch.tensor(1.0)}, odd)
-    with pytest.raises(ParseError, match="lora_unet_something.alpha.*--allow-unmapped"):
+    with pytest.raises(ParseError, match="lora_unet_something.alpha.*allow_unmapped=True"):
         convert(odd, tmp_path / "out")
     result = convert(odd, tmp_path / "out", allow_unmapped=True)
     assert result.unmapped == ["lora_unet_something.alpha"]

@@ -116,7 +116,7 @@ def test_staged_output_never_touches_an_existing_destination(tmp_path):
     dst = tmp_path / "model"
     dst.mkdir()
     (dst / "keep.txt").write_text("old")
-    with pytest.raises(UsageError, match="--overwrite"):
+    with pytest.raises(UsageError, match="overwrite=True"):
         with staged(dst, overwrite=False, folder=True):
             pass
     with pytest.raises(RuntimeError):

@@ -6,7 +6,6 @@ import struct
 import tarfile
 import zipfile
 
-import tensorsafe
 from tests.conftest import rule_ids
 
 PROTOCOL0_PAYLOAD = b"cos\nsystem\n(S'true'\ntR."

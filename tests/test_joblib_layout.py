@@ -25,7 +25,7 @@ from tensorsafe.containers import joblib_arrays
 from tests.conftest import rule_ids
 
 joblib = pytest.importorskip("joblib")
-from joblib.numpy_pickle import NumpyArrayWrapper
+from joblib.numpy_pickle import NumpyArrayWrapper  # noqa: E402  (after the importorskip)
 
 BROKEN = {"JOBLIB-01", "PK-S01", "PK-S02"}
 

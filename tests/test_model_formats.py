@@ -24,7 +24,7 @@ from tests.conftest import rule_ids
 h5py = pytest.importorskip("h5py")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("jinja2")
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper  # noqa: E402  (after the importorskip)
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -69,7 +69,7 @@ def test_pad_token_comes_from_the_folder(tmp_path):
 
 
 def test_known_ids_with_the_bundled_vocabulary():
-    """The spec's check (section 9): "a photo of a cat" -> 49406 320 1125 539 320 2368 49407."""
+    """The check in docs/single-file.md §9: "a photo of a cat" -> 49406 320 1125 539 320 2368 49407."""
     ours = CLIPTokenizer.from_folder(None)
     assert ours("a photo of a cat")[:7] == [49406, 320, 1125, 539, 320, 2368, 49407]
     assert ours.vocab_size == 49408

@@ -42,6 +42,7 @@ def test_manifest_is_valid_and_uses_real_commands():
         assert hook["language"] == "python"
         program, command = hook["entry"].split()
         assert program == "tensorsafe" and command in cli_main.commands
+        assert hook["require_serial"] is True, "one process per run: one summary, one verdict"
 
 
 @pytest.mark.parametrize(("name", "scan", "validate"), [
@@ -134,6 +135,9 @@ def test_hooks_fail_on_malicious_files_and_pass_on_benign_ones(tmp_path):
     assert "good.safetensors" not in out
     status, out = hooks["tensorsafe scan (every file, whatever its name)"]
     assert status == "Failed" and "assets/logo.png: FAIL" in out
+    for name, (_, out) in hooks.items():  # 7 files: pre-commit would split them over 2+ CPUs
+        assert len(re.findall(r"^\d+ files? scanned: ", out, re.M)) == 1, (name, out)
+    assert re.search(r"^7 files scanned: .* -> FAIL$", out, re.M), out
     hook_envs = (tmp_path / "pre-commit-home").glob("repo*/py_env-*/lib/python*/site-packages/tensorsafe/cli.py")
     installed = list(hook_envs)
     assert installed, "tensorsafe was installed into the hook's own environment"

@@ -23,7 +23,7 @@ def _assert_same(ours: dict, ref: dict) -> None:
     assert set(ours) == set(ref)
     for k, t in ref.items():
         assert ours[k].dtype == t.dtype and ours[k].shape == t.shape, k
-        assert torch.equal(ours[k].view(torch.uint8) if t.element_size() == 1 else ours[k], 
+        assert torch.equal(ours[k].view(torch.uint8) if t.element_size() == 1 else ours[k],
                            t.view(torch.uint8) if t.element_size() == 1 else t.detach()), k
 
 

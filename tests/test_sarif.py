@@ -167,7 +167,7 @@ def test_fingerprints_are_unique_and_stable(logs):
     keys = [(r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
              r["partialFingerprints"]["primaryLocationLineHash"]) for r in logs[0]["runs"][0]["results"]]
     assert len(keys) == len(set(keys))
-    assert len({fp["tensorsafe/v1"] for fp in first}) == len(first)
+    assert len({fp["tensorsafe/v2"] for fp in first}) == len(first)
 
 
 def test_fingerprints_ignore_offsets_and_survive_a_move(tmp_path, monkeypatch):
@@ -186,7 +186,8 @@ def test_a_path_outside_the_folder_is_an_absolute_file_uri(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path / "cwd")
     log = json.loads(CliRunner().invoke(main, ["scan", "--sarif", str(tmp_path / "evil.pkl")]).output)
     artifact = log["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]
-    assert artifact == {"uri": (tmp_path / "evil.pkl").resolve().as_uri()}
+    assert artifact == {"uri": (tmp_path / "evil.pkl").resolve().as_uri(), "index": 0}
+    assert log["runs"][0]["artifacts"][0]["location"] == {"uri": (tmp_path / "evil.pkl").resolve().as_uri()}
     assert not list(jsonschema.Draft4Validator(SCHEMA).iter_errors(log))
 
 
@@ -199,7 +200,11 @@ def test_an_unreadable_path_is_a_valid_result(tmp_path, monkeypatch):
     (res,) = log["runs"][0]["results"]
     assert res["ruleId"] == "IO-01" and res["level"] == "error"
     artifact = res["locations"][0]["physicalLocation"]["artifactLocation"]
-    assert artifact == {"uri": "missing.pt", "uriBaseId": "%SRCROOT%"}
+    assert artifact == {"uri": "missing.pt", "uriBaseId": "%SRCROOT%", "index": 0}
+    (invocation,) = log["runs"][0]["invocations"]
+    assert invocation["executionSuccessful"] is True and invocation["exitCode"] == 2
+    (note,) = invocation["toolExecutionNotifications"]
+    assert note["level"] == "error" and note["associatedRule"]["id"] == "IO-01" and "missing.pt" in str(note)
 
 
 def test_a_remote_file_keeps_its_uri():
@@ -211,5 +216,107 @@ def test_a_remote_file_keeps_its_uri():
                                                                        Location((), 2), "os.system")])]))
     assert not list(jsonschema.Draft4Validator(SCHEMA).iter_errors(log))
     location = log["runs"][0]["results"][0]["locations"][0]["physicalLocation"]
-    assert location == {"artifactLocation": {"uri": "hf://org/some%20repo/unet/model.ckpt"},
+    assert location == {"artifactLocation": {"uri": "hf://org/some%20repo/unet/model.ckpt", "index": 0},
                         "region": {"byteOffset": 2}}
+
+
+def _module_pickle(names: list[str]) -> bytes:
+    """A pickled object graph that imports many classes, as a pickled ``nn.Module`` does."""
+    body = b"".join(op.global_("mymodels.layers", n) + op.POP for n in names)
+    return op.proto(2) + body + op.NONE + op.STOP
+
+
+def test_one_result_per_file_and_rule(logs):
+    results = logs[0]["runs"][0]["results"]
+    keys = [(r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"], r["ruleId"]) for r in results]
+    assert len(keys) == len(set(keys))
+    assert sum(r["properties"]["findings"] for r in results) >= len(results)
+
+
+def test_a_pickled_module_is_one_result_listing_every_import(tmp_path, monkeypatch):
+    names = [f"Block{i}" for i in range(19)]
+    (tmp_path / "module.pt").write_bytes(_module_pickle(names))
+    log = _sarif(tmp_path, monkeypatch, "scan")
+    assert not list(jsonschema.Draft4Validator(SCHEMA).iter_errors(log))
+    (result,) = log["runs"][0]["results"]
+    assert result["ruleId"] == "PK-I02" and result["properties"]["findings"] == 19
+    for name in names:
+        assert f"mymodels.layers.{name}," in result["message"]["text"] + ","
+    assert result["properties"]["triggers"] == [f"mymodels.layers.{n}" for n in names]
+    related = result["relatedLocations"]
+    assert [r["id"] for r in related] == list(range(1, 20))
+    assert len({r["physicalLocation"]["region"]["byteOffset"] for r in related}) == 19
+    assert all(r["message"]["text"] for r in related)
+
+
+def test_fingerprint_survives_a_new_import(tmp_path, monkeypatch):
+    """The alert is the file and the rule: one more unknown import updates it, not replaces it."""
+    (tmp_path / "m.pkl").write_bytes(_module_pickle(["A"]))
+    before = _sarif(tmp_path, monkeypatch, "scan")["runs"][0]["results"][0]
+    (tmp_path / "m.pkl").write_bytes(_module_pickle(["Z", "A", "B"]))
+    after = _sarif(tmp_path, monkeypatch, "scan")["runs"][0]["results"][0]
+    assert before["message"] != after["message"]
+    assert before["partialFingerprints"] == after["partialFingerprints"]
+
+
+def test_one_artifact_per_file_and_results_point_at_theirs(logs, corpus):
+    run = logs[0]["runs"][0]
+    artifacts = run["artifacts"]
+    uris = [a["location"]["uri"] for a in artifacts]
+    assert len(uris) == len(set(uris))
+    for a in artifacts:
+        assert a["location"]["uriBaseId"] == "%SRCROOT%" and a["roles"] == ["analysisTarget"]
+        path = corpus / unquote(a["location"]["uri"])
+        assert a["length"] == path.stat().st_size
+    reported = {unquote(a["location"]["uri"]) for a in artifacts}
+    on_disk = {p.relative_to(corpus).as_posix() for p in corpus.rglob("*") if p.is_file()}
+    if logs[2] == "scan":
+        assert reported == on_disk
+    else:
+        assert {"tiny.safetensors", "sub/dir/good.safetensors"} <= reported <= on_disk
+        assert "good.safetensors" not in {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+                                          for r in run["results"]}
+    for res in run["results"]:
+        artifact = res["locations"][0]["physicalLocation"]["artifactLocation"]
+        assert artifacts[artifact["index"]]["location"]["uri"] == artifact["uri"]
+
+
+def test_invocation_reports_a_run_that_finished_and_what_it_could_not_judge(logs):
+    run = logs[0]["runs"][0]
+    (invocation,) = run["invocations"]
+    assert invocation["executionSuccessful"] is True  # false would make code scanning drop every result
+    fails = any(r["properties"]["outcome"] == "fail" for r in run["results"])
+    assert invocation["exitCode"] == (1 if fails else 2) and invocation["exitCodeDescription"]
+    notes = invocation["toolExecutionNotifications"]
+    not_judged = {(r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"], r["ruleId"])
+                  for r in run["results"] if r["properties"]["outcome"] == "error"}
+    assert not_judged
+    assert {(n["locations"][0]["physicalLocation"]["artifactLocation"]["uri"], n["associatedRule"]["id"])
+            for n in notes} == not_judged
+    rules = [r["id"] for r in run["tool"]["driver"]["rules"]]
+    for n in notes:
+        assert n["level"] == "error" and n["message"]["text"].startswith("could not be judged: ")
+        assert rules[n["associatedRule"]["index"]] == n["associatedRule"]["id"]
+
+
+def test_a_file_let_through_unscanned_is_a_warning_notification(tmp_path, monkeypatch):
+    (tmp_path / "notes.xyz").write_bytes(bytes(range(256)))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["scan", "--allow-unscanned", "--sarif", "."])
+    assert result.exit_code == 0, result.output
+    log = json.loads(result.output)
+    assert not list(jsonschema.Draft4Validator(SCHEMA).iter_errors(log))
+    (invocation,) = log["runs"][0]["invocations"]
+    assert invocation["executionSuccessful"] is True and invocation["exitCode"] == 0
+    (note,) = invocation["toolExecutionNotifications"]
+    assert note["level"] == "warning" and note["associatedRule"]["id"] == "SCAN-01"
+
+
+def test_a_clean_run_has_no_notifications(tmp_path, monkeypatch):
+    (tmp_path / "ok.pkl").write_bytes(BENIGN)
+    monkeypatch.chdir(tmp_path)
+    log = json.loads(CliRunner().invoke(main, ["scan", "--sarif", "."]).output)
+    run = log["runs"][0]
+    assert run["results"] == [] and run["invocations"][0]["toolExecutionNotifications"] == []
+    assert run["invocations"][0]["exitCode"] == 0
+    assert [a["location"]["uri"] for a in run["artifacts"]] == ["ok.pkl"]

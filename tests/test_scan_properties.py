@@ -46,7 +46,6 @@ from hypothesis import strategies as st
 import tensorsafe
 from tensorsafe.formats import to_json, to_sarif, to_text
 from tensorsafe.pickles.policy import DEFAULT_POLICY
-from tensorsafe.pickles.walker import walk
 from tests import pickle_ops as ops
 from tests.pickle_oracle import analyse_file, run_stream
 from tests.pickle_strategies import mutations, opcode_soup, payload_op

@@ -18,7 +18,7 @@ def test_files_and_special_tokens():
         assert sorted(files) == sorted(FILES)
         config = json.loads(files["tokenizer_config.json"])
         special = json.loads(files["special_tokens_map.json"])
-        assert config["pad_token"] == special["pad_token"] == pad  # the same in both files (spec section 9)
+        assert config["pad_token"] == special["pad_token"] == pad  # the same in both files (docs/single-file.md §9)
         assert (config["model_max_length"], config["do_lower_case"]) == (77, True)
         assert (special["bos_token"], special["eos_token"], special["unk_token"]) == \
             ("<|startoftext|>", "<|endoftext|>", "<|endoftext|>")

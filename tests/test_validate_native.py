@@ -227,3 +227,16 @@ def test_configure_refuses_bad_tables(tmp_path):
     path = tmp_path / "m.safetensors"
     path.write_bytes(_decidable([("w", "F32", (2,))]))
     assert native.clean_size(str(path), HeaderLimits()) == path.stat().st_size
+
+
+@needs_native
+def test_bug_python_form_decided_non_ascii_metadata_the_compiled_form_leaves_open(tmp_path):
+    """Found by hypothesis: the Python checks called a header with metadata {"é": ""} clean where the
+    compiled ones answer "don't know"; both must decide the same files (the full check decides it)."""
+    text = json.dumps({"__metadata__": {"\u00e9": ""}, "t0": {"dtype": "BF16", "shape": [], "data_offsets": [0, 2]}},
+                      separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(2))
+    assert _same_answer(path, HeaderLimits()) is None
+    assert validate_file(path).findings == []

@@ -1,4 +1,4 @@
-"""One fixture per safetensors header rule (spec: ../shared/specs/safetensors-header.md), built here.
+"""One fixture per safetensors header rule (docs/safetensors.md), built here.
 
 Every format case is also read by the real safetensors library: where it refuses the file, our
 first finding is the rule its error stands for; where it accepts (our stricter F08/F10/F11), the

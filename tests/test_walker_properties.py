@@ -18,7 +18,7 @@ import pickle
 import pickletools
 
 import pytest
-from hypothesis import HealthCheck, example, given, reject, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tensorsafe.errors import PickleParseError

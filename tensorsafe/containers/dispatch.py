@@ -8,7 +8,6 @@ from tensorsafe.containers.identify import identify_unknown, report_lfs_pointer
 from tensorsafe.containers.decompress import DecompressError, NotOpened, decompress
 from tensorsafe.containers.numpy_files import read_npy_header
 from tensorsafe.containers.pickle_stream import scan_pickle_stream
-from tensorsafe.containers.tar_scan import scan_tar
 from tensorsafe.containers.zip import open_zip
 from tensorsafe.containers.zip_scan import scan_zip_view
 from tensorsafe.errors import LimitExceeded, ParseError
@@ -40,6 +39,8 @@ def scan_kind(fs: "FileScan", kind: Kind, span: Span, location: Location, depth:
     elif kind is Kind.NPY:
         scan_npy(fs, span, location, depth)
     elif kind is Kind.TAR:
+        from tensorsafe.containers.tar_scan import scan_tar  # tarfile loads only for a tar
+
         scan_tar(fs, span, location, depth)
     elif kind is Kind.SAFETENSORS:
         from tensorsafe.header.scan_hook import scan_safetensors  # the header checks (ST-*) and polyglot fronts

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,8 +64,15 @@ def _literal(raw: bytes, encoding: str) -> dict:
     return value
 
 
+_PLAIN_DESCR = re.compile(r"[<>|=]?(?:b1|[iu][1248]|f[248]|c8|c16)")
+"""Plain number types, as ``np.save`` writes them: numpy's answer (no objects) is known without
+loading numpy, which would cost a CLI call more than the whole scan of a small file."""
+
+
 def _has_object(descr: object) -> bool:
     """Does the dtype hold Python objects anywhere (plain or nested in a record)?"""
+    if isinstance(descr, str) and _PLAIN_DESCR.fullmatch(descr):
+        return False
     from numpy.lib import format as npformat
 
     return bool(numpy_dtype(descr, ".npy", npformat.descr_to_dtype).hasobject)

@@ -1,4 +1,4 @@
-"""Component configs of a diffusers folder (spec section 8), read from the tensor shapes.
+"""Component configs of a diffusers folder (docs/single-file.md §8), read from the tensor shapes.
 
 Everything the weights determine (widths, layer counts, block types, transformer depth, the size
 conditioning) is read from the shapes of the diffusers-layout keys; only what the weights cannot
@@ -17,8 +17,9 @@ from pathlib import Path
 
 from tensorsafe.convert.families import SD2, SDXL, SDXL_REFINER, V_PREDICTION, Detection, TextEncoderSlot
 from tensorsafe.convert.keymaps.rules import Shape, Shapes, indices
-from tensorsafe.convert.tokenizer import tokenizer_files
-from tensorsafe.errors import ParseError, UsageError
+from tensorsafe.convert.tokenizer import tokenizer_files, tokenizer_files_from
+from tensorsafe.errors import ParseError, UsageError, option
+from tensorsafe.paths import Contained, contained
 
 DIFFUSERS_VERSION = "0.42.1"  # the diffusers release whose config schema these files follow
 HEAD_WIDTH = 64               # SD2/SDXL UNets and every CLIP/OpenCLIP text tower use 64-wide heads
@@ -53,7 +54,7 @@ def _find(shapes: Shapes, suffix: str, prefix: str = "") -> str | None:
 def _need(shapes: Shapes, key: str, component: str) -> Shape:
     if key not in shapes:
         raise UsageError(f"{component}: the weights have no {key}, so its config cannot be derived; "
-                         f"pass --config FOLDER with a matching diffusers folder")
+                         f"pass {option('config', 'FOLDER')} with a matching diffusers folder")
     return shapes[key]
 
 
@@ -390,11 +391,21 @@ def component_configs(detection: Detection, shapes_by_component: dict[str, Shape
     return out
 
 
-def tokenizer_folders(detection: Detection) -> dict[str, bytes]:
-    """Relative path -> bytes of the tokenizer folders this family needs (``tokenizer/``, ``tokenizer_2/``)."""
+def tokenizer_folders(detection: Detection, config: str | Path | Contained | None = None,
+                      notes: list[str] | None = None) -> dict[str, bytes]:
+    """Relative path -> bytes of the tokenizer folders this family needs (``tokenizer/``, ``tokenizer_2/``).
+
+    With ``config`` (a diffusers folder: ``--config``), each is that folder's own tokenizer; one it
+    lacks is the bundled CLIP tokenizer, and ``notes`` gets a line saying so."""
+    box = contained(config) if config is not None else None
     out = {}
     for folder, pad in detection.tokenizers().items():
-        out.update({f"{folder}/{name}": data for name, data in tokenizer_files(pad).items()})
+        files = tokenizer_files_from(box, folder) if box is not None else None
+        if files is None:
+            files = tokenizer_files(pad)
+            if box is not None and notes is not None:
+                notes.append(f"{folder}/: not in {box.given}, so the bundled CLIP tokenizer was written")
+        out.update({f"{folder}/{name}": data for name, data in files.items()})
     return out
 
 
@@ -412,6 +423,13 @@ def read_json_object(path: Path, missing: str = "missing") -> dict:
     if not isinstance(data, dict):
         raise ParseError("expected a JSON object", path=path)
     return data
+
+
+def check_component_names(folder: Contained, index: dict) -> None:
+    """``model_index.json`` names component folders: each name it lists must lie inside the folder."""
+    for name, value in index.items():
+        if not name.startswith("_") and isinstance(value, (list, tuple)):
+            folder.resolve(name)
 
 
 def _same(name: str, have: object, want: object, facts: dict[str, Fact]) -> bool:
@@ -445,31 +463,33 @@ def _check(rel: str, config: dict, facts: dict[str, Fact], folder: Path) -> None
             shape = f" has shape {list(shape)}" if shape is not None else ""
             raise UsageError(
                 f"{rel} in {folder} says {name} = {have!r}, but the weights say {fact.value!r} "
-                f"(key {key}{shape}): these configs do not fit this checkpoint; drop --config to derive "
+                f"(key {key}{shape}): these configs do not fit this checkpoint; leave out {option('config', None)} to derive "
                 f"them from the weights", location=rel)
 
 
-def configs_from_folder(folder: str | Path, detection: Detection, shapes_by_component: dict[str, Shapes]
-                        ) -> dict[str, dict]:
+def configs_from_folder(folder: str | Path | Contained, detection: Detection,
+                        shapes_by_component: dict[str, Shapes]) -> dict[str, dict]:
     """``--config FOLDER``: the component configs of an existing diffusers folder, each checked
     against the weights' shapes; same relative paths as :func:`component_configs`.
 
     A component with weights but no config file in the folder is an error. The scheduler config
     is the folder's when it has one (else derived); ``model_index.json`` is always ours, because it
     must list exactly the components written (a hub folder's lists a safety checker we do not
-    write), with the scheduler class of the scheduler config used.
+    write), with the scheduler class of the scheduler config used. Every file must lie inside
+    ``folder`` (:mod:`tensorsafe.paths`).
     """
-    folder = Path(folder)
+    box = contained(folder)
+    folder = box.given
     sbc = {k: {kk: tuple(vv) for kk, vv in v.items()} for k, v in shapes_by_component.items()}
     out: dict[str, dict] = {}
     for name, rel in CONFIG_FILES.items():
-        path = folder / rel
         if name == "model_index":
             continue
+        path = box.resolve(rel)
         if path.is_file():
             out[rel] = read_json_object(path)
         elif sbc.get(name):
-            raise UsageError(f"--config {folder} has no {rel}, but the checkpoint has {name} weights",
+            raise UsageError(f"{option('config', folder)} has no {rel}, but the checkpoint has {name} weights",
                              location=rel)
     sched = out.setdefault(CONFIG_FILES["scheduler"], scheduler_config(detection))
     index = model_index(detection)

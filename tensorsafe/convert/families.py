@@ -1,6 +1,6 @@
 """Which Stable Diffusion family a checkpoint belongs to, read from its keys and shapes.
 
-``detect`` looks at a single file (orig layout, spec section 3), ``detect_folder`` at a diffusers
+``detect`` looks at a single file (orig layout, docs/single-file.md §3), ``detect_folder`` at a diffusers
 folder. Both return a :class:`Detection` that says what was found, what was assumed, and which
 flag changes an assumption, with one evidence line per signal ("key K has shape S -> ...").
 Families are data (:data:`FAMILIES`): prefixes, text encoders, defaults.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tensorsafe.errors import UnsupportedModelError, UsageError
+from tensorsafe.errors import UnsupportedModelError, UsageError, option
 
 Shape = tuple[int, ...]
 
@@ -85,7 +85,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            {TEXT2IMG: "StableDiffusionXLImg2ImgPipeline"}),
 ]}
 
-# Other model families, by a key that only they have (spec section 3): refused with a clear message.
+# Other model families, by a key that only they have (docs/single-file.md §3): refused with a clear message.
 UNSUPPORTED_SIGNATURES = (
     ("joint_blocks.0.context_block.adaLN_modulation.1.bias", "Stable Diffusion 3 / 3.5 (MMDiT)"),
     ("double_blocks.0.img_attn.norm.key_norm.scale", "Flux.1"),
@@ -144,7 +144,7 @@ class Detection:
         return self.spec.pipelines[self.variant]
 
     def tokenizers(self) -> dict[str, str]:
-        """Tokenizer folder -> pad token, one per text encoder of the family (spec section 9)."""
+        """Tokenizer folder -> pad token, one per text encoder of the family (docs/single-file.md §9)."""
         return {("tokenizer" if s.component == "text_encoder" else "tokenizer_2"): s.pad_token
                 for s in self.spec.text_encoders}
 
@@ -242,7 +242,7 @@ def _family(shapes, u, model_type, evidence) -> str:
     if model_type is not None:
         family = MODEL_TYPE_ALIASES.get(model_type.lower())
         if family is None:
-            raise UsageError(f"unknown --model-type {model_type!r}; use one of {', '.join(FAMILIES)}")
+            raise UsageError(f"unknown {option('model_type', None)} {model_type!r}; use one of {', '.join(FAMILIES)}")
         evidence.append(f"--model-type {model_type} -> {family} (overrides the keys)")
         if text is not None and text != family or family not in unet:
             evidence.append(f"note: the keys suggest {text or '/'.join(sorted(unet))}, not {family}")
@@ -250,12 +250,12 @@ def _family(shapes, u, model_type, evidence) -> str:
     if text is not None:
         if text not in unet:
             raise UsageError(f"the text encoder keys say {text} but the UNet looks like {'/'.join(sorted(unet))} "
-                             f"({evidence[-1]}); pass --model-type if you know which it is")
+                             f"({evidence[-1]}); pass {option('model_type', 'FAMILY')} if you know which it is")
         return text
     if len(unet) == 1:
         return unet.pop()
     raise UsageError(f"cannot tell {' from '.join(sorted(unet))} from this file's keys "
-                     f"({'; '.join(evidence) or 'no UNet or text encoder keys'}); pass --model-type")
+                     f"({'; '.join(evidence) or 'no UNet or text encoder keys'}); pass {option('model_type', 'FAMILY')}")
 
 
 def _parameterization(sidecar: dict | None) -> str | None | bool:
@@ -277,7 +277,7 @@ def _parameterization(sidecar: dict | None) -> str | None | bool:
 def _prediction(family: str, variant: str, shapes, extras, prediction_type, sidecar) -> tuple[str, str]:
     if prediction_type is not None:
         if prediction_type not in (EPSILON, V_PREDICTION):
-            raise UsageError(f"--prediction-type must be {EPSILON} or {V_PREDICTION}, not {prediction_type!r}")
+            raise UsageError(f"{option('prediction_type', None)} must be {EPSILON} or {V_PREDICTION}, not {prediction_type!r}")
         return prediction_type, "--prediction-type"
     param = _parameterization(sidecar)
     if param == "v":
@@ -314,7 +314,7 @@ def _ema(shapes: dict[str, Shape], u: str | None) -> Ema:
 
 
 def ema_key(unet_key: str) -> str:
-    """``model.diffusion_model.a.b.c`` -> ``model_ema.diffusion_modelabc`` (spec section 6)."""
+    """``model.diffusion_model.a.b.c`` -> ``model_ema.diffusion_modelabc`` (docs/single-file.md §6)."""
     return EMA_PREFIX + "".join(unet_key.split(".")[1:])
 
 

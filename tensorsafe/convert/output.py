@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tensorsafe.convert.kernel_io import _libc
-from tensorsafe.errors import UsageError
+from tensorsafe.errors import UsageError, option
 
 STAGING_MARK = ".tensorsafe-tmp-"
 OLD_MARK = ".tensorsafe-old-"
@@ -50,11 +50,13 @@ def staged(dst: str | os.PathLike, *, overwrite: bool, folder: bool) -> Iterator
     if dst.parent.is_dir():
         recover(dst)  # before the checks: a run killed between its two renames set the old copy aside
     if dst.exists() and not overwrite:
-        raise UsageError(f"{dst} already exists; pass --overwrite to replace it", path=dst)
+        raise UsageError(f"{dst} already exists; pass {option('overwrite')} to replace it", path=dst)
     if dst.exists() and dst.is_dir() != folder:
         raise UsageError(f"{dst} exists and is {'a file' if folder else 'a folder'}; remove it first", path=dst)
-    if not dst.parent.is_dir():
-        raise UsageError(f"the folder {dst.parent} does not exist", path=dst)
+    if not dst.parent.is_dir():  # as cp does: a typo in a path must not create a tree of folders
+        what = "is not a folder" if dst.parent.exists() else "does not exist"
+        raise UsageError(f"the parent folder {dst.parent} {what}; parent folders are not created, make it first",
+                         path=dst)
     tmp = dst.parent / f".{dst.name}{STAGING_MARK}{os.getpid()}"
     _remove(tmp)
     if folder:

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from tensorsafe.convert.configs import read_json_object
+from tensorsafe.convert.configs import check_component_names, read_json_object
 from tensorsafe.convert.execute import DEFAULT_MAX_SHARD_BYTES, component_tensors, write_weights
 from tensorsafe.convert.output import staged
 from tensorsafe.convert.plan import Op, Plan, Target
 from tensorsafe.convert.source_io import first_change, leases_held
 from tensorsafe.convert.sources import Located, Source, open_file, open_folder_component
 from tensorsafe.convert.writer import OutTensor
-from tensorsafe.errors import OutputError, ParseError, TensorsafeError, UsageError
+from tensorsafe.errors import OutputError, ParseError, TensorsafeError, UsageError, option
+from tensorsafe.paths import Contained, require_separate
 from tensorsafe.tensors import DTYPES, DType
 
 DTYPE_NAMES = {"fp16": "F16", "float16": "F16", "bf16": "BF16", "bfloat16": "BF16", "fp32": "F32", "float32": "F32"}
@@ -44,6 +45,8 @@ class ConvertOptions:
         overwrite: Replace an existing destination (only once the new output is complete).
         allow_unmapped: Convert even when some keys are unknown to the key maps.
         max_shard_bytes: Bytes per weights file before sharding with an index.
+        allow_symlinks: Follow symlinks in a source, ``--config`` or ``--base`` folder whose targets are
+            outside it (weights kept in a shared cache); by default they are refused.
     """
 
     dtype: str | None = None
@@ -56,6 +59,7 @@ class ConvertOptions:
     overwrite: bool = False
     allow_unmapped: bool = False
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    allow_symlinks: bool = False
 
     def cast(self) -> DType | None:
         if self.dtype is None:
@@ -63,7 +67,7 @@ class ConvertOptions:
         try:
             return DTYPES[DTYPE_NAMES[self.dtype.lower()]]
         except KeyError:
-            raise UsageError(f"--dtype must be one of fp16, bf16, fp32, not {self.dtype!r}") from None
+            raise UsageError(f"{option('dtype', None)} must be one of fp16, bf16, fp32, not {self.dtype!r}") from None
 
 
 @dataclass
@@ -83,6 +87,7 @@ class ConversionResult:
         notes: What was assumed or taken from elsewhere.
         dropped: Keys left out on purpose, with the reason.
         unmapped: Keys the key maps do not know (converted only with ``allow_unmapped``).
+        symlinked: Files read through a symlink leading out of their folder (``allow_symlinks``).
     """
 
     src: str
@@ -97,6 +102,7 @@ class ConversionResult:
     notes: list[str] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)
     unmapped: list[str] = field(default_factory=list)
+    symlinked: list[str] = field(default_factory=list)
 
 
 Progress = Callable[[int], None]
@@ -109,6 +115,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, options: ConvertO
     src_path = Path(src)
     if not src_path.exists():
         raise UsageError(f"{src_path} does not exist", path=src_path)
+    require_separate(src_path, dst)
     started = time.perf_counter()
     try:
         with leases_held():
@@ -134,22 +141,28 @@ def _single_file_to_folder(src: Path, dst: Path, opts: ConvertOptions, progress_
         plan = keymaps.plan_to_diffusers(shapes, detection, ema=opts.ema)
         _refuse_unmapped(plan, opts, src)
         sources: dict[str, Located] = dict(source.tensors)
+        boxes = [Contained(f, allow_symlinks=opts.allow_symlinks) for f in (opts.config, opts.base) if f]
         extra_sources = _replacement_vae(plan, opts, detection, sources)
-        extra_sources += _missing_from_base(plan, opts, detection, sources, src)
+        extra_sources += _missing_from_base(plan, opts, detection, sources, src, boxes[-1] if opts.base else None)
         try:
             by_component = {c: {t.key: t.shape for t in plan.targets if t.component == c} for c in plan.components()}
-            component_configs = (configs.configs_from_folder(opts.config, detection, by_component) if opts.config
+            component_configs = (configs.configs_from_folder(boxes[0], detection, by_component) if opts.config
                                  else configs.component_configs(detection, by_component))
-            return _write_folder(src, dst, opts, plan, sources, component_configs, detection, progress_factory)
+            notes: list[str] = []
+            tokenizers = configs.tokenizer_folders(detection, boxes[0] if opts.config else None, notes)
+            result = _write_folder(src, dst, opts, plan, sources, component_configs, tokenizers, detection,
+                                   progress_factory)
+            result.notes += notes
+            result.symlinked = [str(box.given / name) for box in boxes for name in box.followed]
+            return result
         finally:
             for s in extra_sources:
                 s.close()
 
 
 def _write_folder(src: Path, dst: Path, opts: ConvertOptions, plan: Plan, sources: dict[str, Located],
-                  component_configs: dict[str, dict], detection, progress_factory) -> ConversionResult:
-    from tensorsafe.convert.tokenizer import tokenizer_files
-
+                  component_configs: dict[str, dict], tokenizers: dict[str, bytes], detection,
+                  progress_factory) -> ConversionResult:
     cast = opts.cast()
     outputs = {c: component_tensors(plan, c, sources, cast) for c in plan.components()}
     total = sum(t.nbytes for ts in outputs.values() for t in ts)
@@ -164,11 +177,10 @@ def _write_folder(src: Path, dst: Path, opts: ConvertOptions, plan: Plan, source
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        for folder_name, pad in detection.tokenizers().items():
-            folder = tmp / folder_name
-            folder.mkdir(exist_ok=True)
-            for name, data in tokenizer_files(pad).items():
-                (folder / name).write_bytes(data)
+        for rel, data in tokenizers.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
     return ConversionResult(str(src), str(dst), "single-file -> diffusers", detection.describe(),
                             sorted(outputs), sum(len(t) for t in outputs.values()), total, 0.0,
                             list(detection.evidence), [*detection.assumptions, *plan.notes], plan.dropped,
@@ -195,7 +207,7 @@ def _refuse_unmapped(plan: Plan, opts: ConvertOptions, src: Path) -> None:
     if plan.unmapped and not opts.allow_unmapped:
         shown = ", ".join(plan.unmapped[:8]) + (f" and {len(plan.unmapped) - 8} more" if len(plan.unmapped) > 8 else "")
         raise ParseError(f"{len(plan.unmapped)} keys are not known to the key maps: {shown}; "
-                         "pass --allow-unmapped to convert without them", path=src)
+                         f"pass {option('allow_unmapped')} to convert without them", path=src)
 
 
 def _replacement_vae(plan: Plan, opts: ConvertOptions, detection, sources: dict[str, Located]) -> list[Source]:
@@ -214,7 +226,7 @@ def _replacement_vae(plan: Plan, opts: ConvertOptions, detection, sources: dict[
 
 
 def _missing_from_base(plan: Plan, opts: ConvertOptions, detection, sources: dict[str, Located],
-                       src: Path) -> list[Source]:
+                       src: Path, base_box: Contained | None) -> list[Source]:
     """Components the file lacks (a UNet-only file) are named, or taken from ``--base FOLDER``."""
     from tensorsafe.convert.keymaps.clip import with_text_model_prefix
 
@@ -224,11 +236,11 @@ def _missing_from_base(plan: Plan, opts: ConvertOptions, detection, sources: dic
         return []
     if not opts.base:
         raise ParseError(f"weights for {', '.join(missing)} appear to be missing from the file (found: "
-                         f"{', '.join(plan.components()) or 'nothing'}); pass --base FOLDER, a diffusers folder "
+                         f"{', '.join(plan.components()) or 'nothing'}); pass {option('base', 'FOLDER')}, a diffusers folder "
                          "of the same family, to take them from it", path=src)
     opened = []
     for component in missing:
-        base = open_folder_component(Path(opts.base) / component)
+        base = open_folder_component(Path(opts.base) / component, root=base_box)
         if base is None:
             raise ParseError(f"the base folder has no weights for {component}", path=Path(opts.base) / component)
         opened.append(base)
@@ -264,25 +276,27 @@ def _folder_to_single_file(src: Path, dst: Path, opts: ConvertOptions, progress_
     from tensorsafe.convert import families, keymaps
     from tensorsafe.convert.writer import write_safetensors
 
-    model_index = _read_json(src / "model_index.json")
+    box = Contained(src, allow_symlinks=opts.allow_symlinks)
+    model_index = _read_json(box.resolve("model_index.json"))
+    check_component_names(box, model_index)
     sources: dict[str, Located] = {}
     opened: list[Source] = []
     shapes_by_component: dict[str, dict[str, tuple[int, ...]]] = {}
     configs: dict[str, dict] = {}
     try:
         for component in WEIGHT_STEM:
-            if not (src / component).is_dir():
+            if not box.resolve(component).is_dir():
                 continue
-            source = open_folder_component(src / component)
+            source = open_folder_component(src / component, root=box)
             if source is None:
                 continue
             opened.append(source)
             shapes_by_component[component] = source.shapes()
             sources.update({f"{component}/{k}": v for k, v in source.tensors.items()})
-            config_path = src / component / "config.json"
+            config_path = box.resolve("config.json", under=component)
             if config_path.is_file():
                 configs[component] = _read_json(config_path)
-        scheduler = src / "scheduler" / "scheduler_config.json"
+        scheduler = box.resolve("scheduler/scheduler_config.json")
         if scheduler.is_file():
             configs["scheduler"] = _read_json(scheduler)
         detection = families.detect_folder(model_index, configs, shapes_by_component)
@@ -298,7 +312,8 @@ def _folder_to_single_file(src: Path, dst: Path, opts: ConvertOptions, progress_
             s.close()
     return ConversionResult(str(src), str(dst), "diffusers -> single-file", detection.describe(),
                             sorted(shapes_by_component), len(tensors), total, 0.0, list(detection.evidence),
-                            [*detection.assumptions, *plan.notes], plan.dropped, plan.unmapped)
+                            [*detection.assumptions, *plan.notes], plan.dropped, plan.unmapped,
+                            [str(src / name) for name in box.followed])
 
 
 def _markers(names: list[str]) -> list[OutTensor]:

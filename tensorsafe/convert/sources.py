@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tensorsafe.blob import MappedFile
+from tensorsafe.convert.configs import check_component_names, read_json_object
 from tensorsafe.convert.source_io import SourceChangedError, Watched
 from tensorsafe.errors import ParseError, TensorsafeError, UnsafeFileError
+from tensorsafe.paths import Contained, contained
 from tensorsafe.pickles.policy import Policy
 from tensorsafe.sniff import Kind, sniff
 from tensorsafe.tensors import DTYPES, StorageRef, TensorRef, contiguous_strides
@@ -60,10 +62,19 @@ class Source:
         self.close()
 
 
-def open_file(path: str | os.PathLike, policy: Policy | None = None) -> Source:
-    """One checkpoint file, judged by its bytes: safetensors or a torch pickle."""
+def open_file(path: str | os.PathLike, policy: Policy | None = None, *, folder: Contained | None = None) -> Source:
+    """One checkpoint file, judged by its bytes: safetensors or a torch pickle.
+
+    ``folder``: the file is a path that folder's :meth:`~Contained.resolve` returned, and what is
+    opened must still be it."""
     path = os.fspath(path)
     mf = MappedFile(path)
+    if folder is not None:
+        try:
+            folder.check_opened(mf._fh.fileno(), path)
+        except BaseException:
+            mf.close()
+            raise
     watch = Watched.open_fd(path, mf._fh.fileno())
     try:
         kind = sniff(mf.span)
@@ -143,25 +154,67 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
 
 
-def open_folder_component(folder: str | os.PathLike, policy: Policy | None = None) -> Source | None:
-    """The weights of one diffusers component folder (single or sharded, safetensors or .bin)."""
+def open_folder_component(folder: str | os.PathLike, policy: Policy | None = None, *,
+                          root: str | os.PathLike | Contained | None = None) -> Source | None:
+    """The weights of one diffusers component folder (single or sharded, safetensors or .bin).
+
+    Every file, and every name a shard index gives, must resolve inside ``root`` (the model
+    folder; default ``folder`` itself): see :mod:`tensorsafe.paths`."""
     folder = Path(folder)
+    box = contained(root if root is not None else folder)
+    under = os.path.relpath(folder, box.given) if root is not None else ""
     for stem in WEIGHT_NAMES:
-        index = folder / f"{stem}.safetensors.index.json"
-        files = _index_files(index) if index.is_file() else [folder / f"{stem}.safetensors"]
+        index = box.resolve(f"{stem}.safetensors.index.json", under=under)
+        if index.is_file():
+            files = [box.resolve(name, under=under) for name in _index_names(index)]
+        else:
+            files = [box.resolve(f"{stem}.safetensors", under=under)]
         if not all(f.is_file() for f in files):
-            files = [folder / f"{stem}.bin"]
+            files = [box.resolve(f"{stem}.bin", under=under)]
         if all(f.is_file() for f in files):
-            return _merge([open_file(f, policy) for f in files], str(folder))
+            parts: list[Source] = []
+            try:
+                for f in files:
+                    parts.append(open_file(f, policy, folder=box))
+            except BaseException:
+                for p in parts:
+                    p.close()
+                raise
+            return _merge(parts, str(folder))
     return None
 
 
-def _index_files(index: Path) -> list[Path]:
+def check_folder(root: str | os.PathLike, *, allow_symlinks: bool = False) -> Contained:
+    """Check a whole diffusers folder before any reader that knows only fixed names touches it (the
+    render's preflight and pipeline): every symlink in it, every name a shard index or
+    ``model_index.json`` gives, must stay inside. Hidden entries (``.git``, ``.cache``) are skipped."""
+    box = contained(root, allow_symlinks=allow_symlinks)
+    for here, dirs, files in os.walk(box.given):
+        rel = os.path.relpath(here, box.given)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in [*dirs, *sorted(files)]:
+            if not name.startswith(".") and os.path.islink(os.path.join(here, name)):
+                box.resolve(name, under="" if rel == "." else rel)
+        for name in sorted(files):
+            if name.endswith(".index.json") and not name.startswith("."):
+                index = box.resolve(name, under="" if rel == "." else rel)
+                for entry in _index_names(index):
+                    box.resolve(entry, under="" if rel == "." else rel)
+    index = box.resolve("model_index.json")
+    if index.is_file():
+        check_component_names(box, read_json_object(index))
+    return box
+
+
+def _index_names(index: Path) -> list[str]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ParseError(f"bad shard index: {exc}", path=index) from None
-    return [index.parent / name for name in sorted(set(weight_map.values()))]
+    if not all(isinstance(n, str) for n in names):
+        raise ParseError("bad shard index: weight_map must map tensor names to file names", path=index)
+    return names
 
 
 def _merge(parts: list[Source], path: str) -> Source:

@@ -219,7 +219,7 @@ def _header_clean(text: str, data_size: int, limits: HeaderLimits) -> bool:
             return False
         if pairs:
             keys = parts[3:first:4]
-            if len(set(keys)) != len(keys):  # F08
+            if len(set(keys)) != len(keys) or not pairs.isascii():  # F08; the compiled form decides ASCII only
                 return False
             if not (pairs.isascii() and "" not in keys and len(keys) <= limits.max_metadata_entries
                     and len(pairs) <= limits.max_metadata_bytes

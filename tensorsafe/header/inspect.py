@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from tensorsafe.blob import MappedFile
+from tensorsafe.containers.format_name import explain_format_error
 from tensorsafe.header.layout import FileSource
 from tensorsafe.header.model import HeaderFormatError, TensorInfo
-from tensorsafe.header.validator import read_checked_header
+from tensorsafe.header.validator import SAFETENSORS_SUFFIX, read_checked_header
 
 
 @dataclass
@@ -38,6 +40,9 @@ def inspect_file(path: str | os.PathLike) -> Inspection:
             header = read_checked_header(src)
         except HeaderFormatError as exc:
             exc.path = path
+            with MappedFile(path) as mf:
+                exc.message = explain_format_error(mf.span, exc.message,
+                                                   named_safetensors=path.endswith(SAFETENSORS_SUFFIX))
             raise
     return Inspection(path, header.file_size, header.length, header.tensor_infos(), header.metadata)
 

@@ -55,7 +55,7 @@ class HeaderLimits:
         """A copy with ``values`` applied; unknown names or non-integer values raise ``PolicyFileError``
         (``source`` given: a policy file) or ``UsageError`` (the command line)."""
         error = PolicyFileError if source is not None else UsageError
-        where = f" in [limits]" if source is not None else ""
+        where = " in [limits]" if source is not None else ""
         changes = {}
         for name, value in values.items():
             if name not in LIMIT_NAMES:

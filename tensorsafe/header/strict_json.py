@@ -3,7 +3,7 @@
 The exact reader (:mod:`.serde_reader`) hands each buffered value to :class:`ValueScanner` when the
 whole text is known to hold none of the differences this module cannot see, and falls back to
 its own character-level parsing for a value the scanner refuses. ``json`` accepts what the
-reference refuses (see the spec's notes for a Python implementation); each difference is closed:
+reference refuses (docs/safetensors.md, "Notes for a Python implementation"); each difference is closed:
 
 - duplicate keys: ``object_pairs_hook`` keeps every pair (:class:`~.json_values.Obj`);
 - ``NaN``/``Infinity``: ``parse_constant`` refuses them;

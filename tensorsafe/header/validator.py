@@ -1,4 +1,4 @@
-"""The header validator: every rule of ../shared/specs/safetensors-header.md over one byte source.
+"""The header validator: every rule of docs/safetensors.md over one byte source.
 
 Order: the format rules in the reference's order (stop at the first error, then report the format
 errors the reference lets through), else the policy rules, the polyglot checks, the advisories,
@@ -135,6 +135,8 @@ def validate_file(path: str | os.PathLike, limits: HeaderLimits | None = None, *
         with FileSource(path) as src:
             result.size = src.size
             check = check_source(src, limits, deep=deep)
+        if check.header is None and check.issues:
+            check.issues = _name_the_format(path, check.issues)
         result.findings = to_findings(path, check.issues)
         if check.front is not None:
             result.findings += polyglot.front_findings(check.front, DEFAULT_POLICY, path)
@@ -144,6 +146,19 @@ def validate_file(path: str | os.PathLike, limits: HeaderLimits | None = None, *
         result.findings = [Finding(path, "IO-01", str(exc))]
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _name_the_format(path: str, issues: list[Issue]) -> list[Issue]:
+    """A format error on a file that is not safetensors at all says what the file looks like instead."""
+    from tensorsafe.blob import MappedFile  # the sniffers load only for a failing file (and sniff needs header.layout)
+    from tensorsafe.containers.format_name import explain_format_error
+
+    first, named = issues[0], path.endswith(SAFETENSORS_SUFFIX)
+    with MappedFile(path) as mf:
+        message = explain_format_error(mf.span, first.message, named_safetensors=named)
+    if message == first.message:
+        return issues
+    return [first._replace(message=message), *(issues[1:] if named else ())]
 
 
 def validate(paths: str | os.PathLike | Iterable[str | os.PathLike], limits: HeaderLimits | None = None,

@@ -31,7 +31,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorsafe.errors import LimitExceeded, ParseError
+from tensorsafe.errors import LimitExceeded, ParseError, option
 
 MEMORY_FRACTION = 0.5          # default max_memory_bytes: this share of the machine's RAM
 GPU_MEMORY_FRACTION = 0.9      # ... or of the GPU's memory when rendering on CUDA
@@ -265,8 +265,9 @@ def require_within(est: Estimate, max_memory_bytes: int | None, device: str = "c
                             "the square of that: choose a smaller size")
     limit = max_memory_bytes if max_memory_bytes is not None else default_memory_limit(device)
     if est.total > limit:
-        where = "--max-memory / max_memory_bytes" if max_memory_bytes is not None else \
-            f"default: {'90% of the GPU' if str(device).startswith('cuda') else 'half the RAM'}; --max-memory"
+        memory = option("max_memory_bytes", None, cli="--max-memory")
+        where = memory if max_memory_bytes is not None else \
+            f"default: {'90% of the GPU' if str(device).startswith('cuda') else 'half the RAM'}; {memory}"
         raise LimitExceeded("max_memory_bytes", limit,
                             f"size {est.width}x{est.height} needs {est.describe()}, over the limit of {human(limit)} "
                             f"({where})")

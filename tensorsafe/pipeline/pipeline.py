@@ -16,7 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tensorsafe.errors import ParseError, UsageError
+from tensorsafe.convert.sources import check_folder
+from tensorsafe.errors import ParseError, UsageError, option
+from tensorsafe.paths import Contained
 from tensorsafe.pipeline import budget
 from tensorsafe.pipeline import text_encoder as te
 from tensorsafe.pipeline.preflight import ENCODERS, read_folder_configs
@@ -45,7 +47,7 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def torch_device(device: str | torch.device) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device cuda was asked for, but torch sees no CUDA GPU; use --device cpu")
+        raise UsageError(f"device cuda was asked for, but torch sees no CUDA GPU; use {option('device', 'cpu')}")
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"device must be cpu or cuda, not {device}")
     return device
@@ -92,11 +94,15 @@ class Pipeline:
 
     @classmethod
     def from_folder(cls, path: str | Path, *, device: str | torch.device = "cpu",
-                    dtype: str | torch.dtype = "fp32") -> Pipeline:
-        """Load a diffusers folder (as ``tensorsafe convert`` writes it) with the safe readers."""
+                    dtype: str | torch.dtype = "fp32", allow_symlinks: bool = False) -> Pipeline:
+        """Load a diffusers folder (as ``tensorsafe convert`` writes it) with the safe readers.
+
+        Only files inside the folder are read (:mod:`tensorsafe.paths`); ``allow_symlinks`` follows
+        symlinks that lead out of it."""
         root, device, dtype = Path(path), torch_device(device), torch_dtype(dtype)
         if not root.is_dir():
             raise UsageError(f"{root} is not a diffusers folder", path=root)
+        box = check_folder(root, allow_symlinks=allow_symlinks)
         configs = read_folder_configs(root)  # every config checked before anything is built or read
         tokenizers = {}
         for name, tok in ENCODERS:
@@ -107,13 +113,13 @@ class Pipeline:
                     raise ParseError(f"{tok}: model_max_length {tokenizer.special.max_length} is over the text "
                                      f"encoder's max_position_embeddings {positions}", path=root / tok)
                 tokenizers[name] = tokenizer
-        unet = _load(root, "unet", lambda: UNet2DConditionModel(configs.unet), device, dtype)
+        unet = _load(box, "unet", lambda: UNet2DConditionModel(configs.unet), device, dtype)
         # diffusers decodes SDXL-style VAEs (force_upcast) in fp32 when the pipeline is fp16: fp16 overflows
         vae_dtype = torch.float32 if dtype == torch.float16 and configs.vae["force_upcast"] else dtype
-        vae = _load(root, "vae", lambda: AutoencoderKL(configs.vae), device, vae_dtype, canonical_state)
+        vae = _load(box, "vae", lambda: AutoencoderKL(configs.vae), device, vae_dtype, canonical_state)
         encoders = []
         for name, cfg in configs.text_encoders.items():
-            model = _load(root, name, lambda c=cfg: te.CLIPTextModel(c), device, dtype, _text_state)
+            model = _load(box, name, lambda c=cfg: te.CLIPTextModel(c), device, dtype, _text_state)
             encoders.append(TextEncoderSlot(name, tokenizers[name], model))
         return cls(unet, vae, encoders, configs.scheduler, configs.model_index, device, dtype)
 
@@ -391,7 +397,7 @@ def _text_state(state: dict) -> dict:
     return out
 
 
-def _load(root: Path, name: str, make, device, dtype, rename=None):
-    state, source = read_tensors(root / name)
+def _load(root: Contained, name: str, make, device, dtype, rename=None):
+    state, source = read_tensors(root.given / name, root)
     state = rename(state) if rename else state
     return load_module(make, state, component=name, source=source, device=device, dtype=dtype)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tensorsafe.errors import RenderError, TensorsafeError, UsageError
+from tensorsafe.convert.sources import check_folder
+from tensorsafe.errors import RenderError, TensorsafeError, UsageError, option
 from tensorsafe.pipeline.configs import read_config
 from tensorsafe.pipeline.preflight import plan_render
 from tensorsafe.pipeline.validate import check_options, check_side
@@ -32,7 +33,7 @@ def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, s
            device: str = "cpu", dtype: str = "fp32", strength: float = 1.0, output: str | os.PathLike | None = None,
            config: str | os.PathLike | None = None, model_type: str | None = None,
            prediction_type: str | None = None, progress: Callable[[int, int], None] | None = None,
-           max_memory_bytes: int | None = None):
+           max_memory_bytes: int | None = None, allow_symlinks: bool = False):
     """Render ``prompt`` with the model at ``path`` and return a ``PIL.Image`` (written to ``output`` if given).
 
     ``size`` is one side or ``(width, height)``, default the model's native size; ``config``,
@@ -43,6 +44,8 @@ def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, s
     and the size (:mod:`tensorsafe.pipeline.budget`): a render over ``max_memory_bytes`` (default
     half the RAM, or 90% of the GPU's memory on CUDA) is refused with :class:`LimitExceeded`, a bad
     option with :class:`UsageError`, a bad config with :class:`ParseError` naming the file.
+    A folder is read only inside itself (:mod:`tensorsafe.paths`; ``allow_symlinks`` follows symlinks
+    that lead out of it).
     """
     src = Path(path)
     if not src.exists():
@@ -54,13 +57,15 @@ def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, s
     plan = {"steps": steps, "guidance": guidance, "seed": seed, "strength": strength, "prompt": prompt,
             "negative_prompt": negative_prompt, "dtype": dtype, "device": device, "max_memory_bytes": max_memory_bytes}
     if src.is_dir():
+        check_folder(src, allow_symlinks=allow_symlinks)  # before the preflight reads any of it
         _, (width, height), _ = plan_render(src, size, **plan)
         from tensorsafe.pipeline.pipeline import Pipeline
 
-        pipe = Pipeline.from_folder(src, device=device, dtype=dtype)
+        pipe = Pipeline.from_folder(src, device=device, dtype=dtype, allow_symlinks=allow_symlinks)
     else:
         _image_size(size)  # the ranges, before converting; the VAE's multiple once the folder exists
-        pipe, (width, height) = _from_single_file(src, size, plan, config, model_type, prediction_type)
+        pipe, (width, height) = _from_single_file(src, size, plan, config, model_type, prediction_type,
+                                                  allow_symlinks)
     inputs = generated_inputs(pipe.task, width, height)
     try:
         result = pipe(prompt, negative_prompt, steps=steps, height=height, width=width, seed=seed, guidance=guidance,
@@ -69,7 +74,7 @@ def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, s
     except (MemoryError, RuntimeError) as exc:
         if isinstance(exc, MemoryError) or _out_of_memory(exc):
             raise RenderError(f"ran out of memory rendering {width}x{height} ({str(exc).splitlines()[0][:120]}); "
-                              "choose a smaller size or lower --max-memory", path=src) from None
+                              f"choose a smaller size or lower {option('max_memory_bytes', None, cli='--max-memory')}", path=src) from None
         raise
     _require_finite(result, src, dtype)
     image = result.to_pil()
@@ -125,19 +130,19 @@ def _require_finite(result, src: Path, dtype: str) -> None:
 
     for name, tensor in (("latents", result.latents), ("image", result.image)):
         if not bool(torch.isfinite(tensor).all()):
-            hint = "; try --dtype fp32" if dtype != "fp32" else ""
+            hint = f"; try {option('dtype', 'fp32')}" if dtype != "fp32" else ""
             raise RenderError(f"the rendered {name} hold NaN or infinite values: the weights do not work{hint}",
                               path=src)
 
 
-def _from_single_file(src: Path, size, plan: dict, config, model_type, prediction_type):
+def _from_single_file(src: Path, size, plan: dict, config, model_type, prediction_type, allow_symlinks: bool):
     """Convert into a temporary folder, check and estimate it as a folder, then load it."""
     from tensorsafe.convert.run import convert
 
     with tempfile.TemporaryDirectory(prefix="tensorsafe-render-") as tmp:
         folder = Path(tmp) / "model"
         convert(src, folder, config=str(config) if config else None, model_type=model_type,
-                prediction_type=prediction_type)
+                prediction_type=prediction_type, allow_symlinks=allow_symlinks)
         _, sides, _ = plan_render(folder, size, **plan)
         from tensorsafe.pipeline.pipeline import Pipeline
 

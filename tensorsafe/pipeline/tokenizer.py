@@ -213,7 +213,7 @@ def _json_or_empty(path: Path) -> dict:
 
 def _special_tokens(folder: Path) -> SpecialTokens:
     """Special tokens as transformers resolves them: ``special_tokens_map.json`` wins only when
-    ``tokenizer_config.json`` has no ``added_tokens_decoder`` (spec section 9)."""
+    ``tokenizer_config.json`` has no ``added_tokens_decoder`` (docs/single-file.md §9)."""
     config = _json_or_empty(folder / "tokenizer_config.json")
     mapping = _json_or_empty(folder / "special_tokens_map.json")
     first, second = (config, mapping) if "added_tokens_decoder" in config else (mapping, config)

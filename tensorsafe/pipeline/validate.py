@@ -57,10 +57,7 @@ class Where:
 
 def integer(where: Where, key: str, value: object, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer() and not where.option:
-            value = int(value)
-        else:
-            raise where.fail(f"{key} must be an integer, not {_show(value)}")
+        raise where.fail(f"{key} must be an integer, not {_show(value)}")  # the builders use the value as read
     if not lo <= value <= hi:
         raise where.fail(f"{key} {_show(value)} is outside {lo}..{hi}")
     return value
@@ -153,6 +150,8 @@ def check_unet(cfg: dict, path: Path | str = "unet/config.json") -> None:
         _depths(w, "reverse_transformer_layers_per_block", cfg["reverse_transformer_layers_per_block"],
                 [x + 1 for x in layers[::-1]], per_block_only=True)
     only = cfg["only_cross_attention"]
+    if isinstance(only, (list, tuple)) and len(only) != n:
+        raise w.fail(f"only_cross_attention has {len(only)} entries for {n} blocks")
     for i, v in enumerate(only if isinstance(only, (list, tuple)) else [only]):
         boolean(w, "only_cross_attention" if not isinstance(only, (list, tuple)) else f"only_cross_attention[{i}]", v)
     up_types = list(cfg["up_block_types"])[::-1]

@@ -15,17 +15,20 @@ import torch
 from torch import nn
 
 from tensorsafe.errors import ParseError
+from tensorsafe.paths import Contained
 from tensorsafe.pipeline.configs import read_config  # noqa: F401  (the pipeline's config reader)
 
 MAX_LISTED = 6
 
 
-def read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Tensors of a component folder by key, and a name for the file(s) they came from."""
+def read_tensors(folder: Path, root: Contained | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """Tensors of a component folder by key, and a name for the file(s) they came from.
+
+    Every file read must lie inside ``root`` (the model folder; default ``folder``)."""
     from tensorsafe.convert.sources import open_folder_component
     from tensorsafe.load import to_torch
 
-    source = open_folder_component(folder)
+    source = open_folder_component(folder, root=root)
     if source is None:
         raise ParseError("no weights (diffusion_pytorch_model.safetensors, model.safetensors, a shard index or "
                          ".bin) in this folder", path=folder)

@@ -2,7 +2,7 @@
 
 One module per part (``unet``, ``vae``, ``clip``, ``openclip``); each holds the rename rules of
 its part and reads them in both directions. This module splits a checkpoint into its parts by
-prefix (spec section 2), chooses the EMA copy (section 6), drops what is deliberately not carried
+prefix (docs/single-file.md §2), chooses the EMA copy (§6), drops what is deliberately not carried
 (always with a reason) and lists everything else it does not know as unmapped.
 
 In a plan to a single file each source is named ``"<component>/<key>"`` (for example
@@ -20,7 +20,7 @@ from tensorsafe.convert.families import (EMA_BOOKKEEPING, EMA_PREFIX, SD2, UNET_
 from tensorsafe.convert.keymaps import clip, openclip, unet, vae
 from tensorsafe.convert.keymaps.rules import PartPlan, Shape, Shapes
 from tensorsafe.convert.plan import Op, Plan, Target
-from tensorsafe.errors import UsageError
+from tensorsafe.errors import UsageError, option
 
 SCHEDULE_REASON = "diffusion schedule buffer: re-derived from scheduler/scheduler_config.json"
 SCHEDULE_BUFFERS = (
@@ -67,11 +67,12 @@ def parts(detection: Detection, *, single_file_side: bool = True) -> list[Part]:
 
 def _use_ema(detection: Detection, ema: str, notes: list[str]) -> bool:
     if ema not in EMA_CHOICES:
-        raise UsageError(f"--ema must be one of {', '.join(EMA_CHOICES)}, not {ema!r}")
+        raise UsageError(f"{option('ema', None)} must be one of {', '.join(EMA_CHOICES)}, not {ema!r}")
     info = detection.ema
     if ema == "yes" and not info.available:
         why = "no model_ema.* keys" if not info.keys else f"the EMA copy is incomplete: {info.missing} has no twin"
-        raise UsageError(f"--ema yes, but this file has {why}; use --ema auto or --ema no")
+        raise UsageError(f"{option('ema', 'yes')}, but this file has {why}; use {option('ema', 'auto')} or "
+                         f"{option('ema', 'no')}")
     if not info.keys:
         return False
     if ema == "no":
@@ -170,7 +171,7 @@ def plan_to_single_file(shapes_by_component: dict[str, dict[str, Shape]], detect
 
 
 def marker_keys(detection: Detection) -> list[str]:
-    """Empty marker tensors a single file should carry (A1111/ComfyUI conventions, spec section 3).
+    """Empty marker tensors a single file should carry (A1111/ComfyUI conventions, docs/single-file.md §3).
 
     SD2 768-v files never carried ``v_pred``: loaders tell them by other means, so none is added.
     """

@@ -1,4 +1,4 @@
-"""CLIP ViT-L text encoder (spec section 7.1): SD1 ``cond_stage_model.transformer.*`` and SDXL
+"""CLIP ViT-L text encoder (docs/single-file.md §7.1): SD1 ``cond_stage_model.transformer.*`` and SDXL
 ``conditioner.embedders.0.transformer.*`` <-> ``text_encoder/``.
 
 The single file already holds the Hugging Face layout, so the map is the prefix alone. We write

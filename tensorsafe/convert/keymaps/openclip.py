@@ -1,4 +1,4 @@
-"""OpenCLIP text encoders (spec sections 7.2, 7.3): SD2 ViT-H ``cond_stage_model.model.*``, SDXL
+"""OpenCLIP text encoders (docs/single-file.md §7.2, §7.3): SD2 ViT-H ``cond_stage_model.model.*``, SDXL
 bigG ``conditioner.embedders.1.model.*`` (refiner: ``conditioner.embedders.0.model.*``) <->
 ``text_encoder/`` or ``text_encoder_2/``.
 

@@ -1,4 +1,4 @@
-"""UNet key map (spec section 4): ``model.diffusion_model.*`` <-> ``unet/``.
+"""UNet key map (docs/single-file.md §4): ``model.diffusion_model.*`` <-> ``unet/``.
 
 The block structure is read from the keys (which ``input_blocks.k`` hold a downsampler, which
 ``output_blocks.k`` an upsampler, whether ``.1`` holds attention) in either layout, never assumed.

@@ -1,4 +1,4 @@
-"""VAE key map (spec section 5): ``first_stage_model.*`` <-> ``vae/``.
+"""VAE key map (docs/single-file.md §5): ``first_stage_model.*`` <-> ``vae/``.
 
 The decoder's up list is numbered the other way round in diffusers (``up.i`` is
 ``up_blocks.(M-1-i)``), with ``M`` read from the keys. The mid-block attention's q/k/v/proj_out are
