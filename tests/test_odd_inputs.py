@@ -394,3 +394,29 @@ def test_console_script_points_at_the_interrupt_handling_entry():
 
     data = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     assert data["project"]["scripts"]["tensorsafe"] == "tensorsafe.entry:main"
+
+
+def test_ctrl_c_in_a_terminal_reaches_the_workers_too_and_none_prints_a_traceback(many_pickles, tmp_path):
+    """A terminal sends SIGINT to the whole process group: the `--jobs` workers must stay quiet."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, "scan", "--jobs", "2", str(many_pickles)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        while (line := proc.stderr.readline()) and line.strip() != MARK:
+            pass
+        time.sleep(0.4)  # the workers are up and scanning
+        running = proc.poll() is None
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert running, "the scan finished before the interrupt: make the folder bigger"
+    assert "Traceback" not in err, err[-3000:]
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
