@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 from tensorsafe.errors import (  # noqa: E402
-    ContainmentError, LimitExceeded, OutputError, ParseError, PickleParseError, PolicyFileError, RenderError,
-    TensorsafeError, UnreadableFileError, UnsafeFileError, UnsupportedModelError, UsageError,
+    ContainmentError, LimitExceeded, MissingFileError, OutputError, ParseError, PickleParseError, PolicyFileError,
+    RenderError, TensorsafeError, UnreadableFileError, UnsafeFileError, UnsupportedModelError, UsageError,
 )
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
     import tensorsafe.convert as convert  # noqa: F401
@@ -69,7 +69,7 @@ __all__ = [
     "__version__", "scan", "scan_file", "load_state_dict", "convert", "render", "check_render", "Report", "FileResult", "Finding", "Location", "ScanLimits",
     "validate", "validate_file", "HeaderLimits", "scan_many", "validate_many",
     "load_policy", "load_policy_file", "PolicyConfig", "PolicyInfo",
-    "TensorsafeError", "UnreadableFileError", "ParseError", "PickleParseError", "LimitExceeded",
+    "TensorsafeError", "UnreadableFileError", "MissingFileError", "ParseError", "PickleParseError", "LimitExceeded",
     "PolicyFileError", "UsageError", "UnsafeFileError", "ContainmentError", "UnsupportedModelError", "OutputError",
     "RenderError",
 ]

@@ -36,7 +36,7 @@ def read_checkpoint(path: str | os.PathLike, *, policy: Policy | None = None, sc
     """Tensor references of a torch checkpoint; raises ``UnsafeFileError`` if its scan fails."""
     path = os.fspath(path)
     if scan_first:
-        _require_clean(path, policy)
+        require_clean(path, policy)
     with MappedFile(path) as mf:
         span = mf.span
         kind = sniff(span)
@@ -49,7 +49,8 @@ def read_checkpoint(path: str | os.PathLike, *, policy: Policy | None = None, sc
     return _checkpoint(path, fmt, root)
 
 
-def _require_clean(path: str, policy: Policy | None) -> None:
+def require_clean(path: str, policy: Policy | None) -> None:
+    """Scan ``path``; raise ``UnsafeFileError`` (with the report) unless it is clean."""
     from tensorsafe.scanner import scan
 
     report = scan(path, policy)

@@ -1,6 +1,7 @@
 """One exception hierarchy for tensorsafe: every error names the file and the place in it."""
 from __future__ import annotations
 
+import errno
 import re
 from pathlib import Path
 
@@ -82,6 +83,15 @@ class UnreadableFileError(TensorsafeError):
     rule_id = "IO-01"
 
 
+class MissingFileError(UnreadableFileError, FileNotFoundError):
+    """The path names no file; also a ``FileNotFoundError``, so ``except FileNotFoundError`` code works."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, location: str | None = None):
+        super().__init__(message, path=path, location=location)
+        self.errno = errno.ENOENT
+        self.filename = self.path
+
+
 class ParseError(TensorsafeError):
     """The bytes do not follow the format they claim (pickle, zip, npy, ...)."""
 
@@ -123,6 +133,12 @@ class UnsafeFileError(TensorsafeError):
     def __init__(self, message: str, *, path: str | Path | None = None, report: object = None):
         super().__init__(message, path=path)
         self.report = report
+
+    @property
+    def findings(self) -> list:
+        """The report's findings that fail the policy or could not be judged (why the file was refused)."""
+        found = getattr(self.report, "findings", None) or []
+        return [f for f in found if getattr(getattr(f, "outcome", None), "value", None) in ("fail", "error")]
 
 
 class UnsupportedModelError(TensorsafeError):

@@ -330,3 +330,22 @@ def test_shapes_whose_product_overflows_print_no_numpy_warning(tmp_path, command
     assert "Warning" not in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert "overflow computing buffer size" in result.stdout + result.stderr
     assert result.returncode == 2, result.stderr
+
+
+def test_leases_are_released_before_the_output_is_committed(tmp_path, monkeypatch):
+    """Found in CI: a truncation that broke the lease during the commit reported "source changed"
+    for an output that was complete and already in place (exit 2 with the folder there)."""
+    from tensorsafe.convert import source_io
+
+    held_at_commit = []
+    real_commit = output._commit
+
+    def commit(tmp, dst):
+        held_at_commit.append(len(source_io._LEASES.held))
+        real_commit(tmp, dst)
+
+    monkeypatch.setattr(output, "_commit", commit)
+    src = tmp_path / "model.ckpt"
+    shutil.copyfile(FIXTURE, src)
+    convert(src, tmp_path / "out")
+    assert held_at_commit == [0]

@@ -9,6 +9,7 @@ Python internals fails; one that cannot be parsed or read cannot be judged (an e
 from __future__ import annotations
 
 import json
+import re
 from pathlib import PurePath
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
 MAX_CHAT_TEMPLATE_BYTES = 4 * 1024 * 1024
 MAX_TEMPLATE_CONFIG_BYTES = 64 * 1024 * 1024
 """The largest JSON file read for its chat templates (tokenizer configs are kilobytes)."""
-TEMPLATE_KEY = b'"chat_template"'
+TEMPLATE_KEY = re.compile(b'"%s"' % b"".join(rb"(?:%s|\\u00(?i:%02x))" % (bytes([c]), c) for c in b"chat_template"))
+"""The key as JSON may spell it: each character itself or a ``\\u`` escape (``"chat\\u005ftemplate"``)."""
+MAX_KEY_BYTES = 2 + 6 * len("chat_template")
 JINJA_SUFFIXES = frozenset({".jinja", ".jinja2", ".j2"})
 
 
@@ -66,34 +69,56 @@ def scan_text_templates(fs: "FileScan", span: Span, location: Location) -> None:
         judge_chat_templates(fs, [(PurePath(name).name, span.read(0, span.size))], location,
                              "TPL-01", "TPL-02", "template file")
         return
-    if span.size > MAX_TEMPLATE_CONFIG_BYTES or not _mentions_templates(span):
+    if not _mentions_templates(span):
+        return
+    if span.size > MAX_TEMPLATE_CONFIG_BYTES:
+        fs.add("TPL-02", f"{span.size:,} bytes of text that may hold a `chat_template`: more than the "
+               f"{MAX_TEMPLATE_CONFIG_BYTES:,} read for templates (limit MAX_TEMPLATE_CONFIG_BYTES)", location,
+               "chat_template")
         return
     try:
-        config = json.loads(span.read(0, span.size).decode("utf-8-sig"))
+        config = json.loads(span.read(0, span.size).decode("utf-8-sig"), object_pairs_hook=_AllPairs)
     except (ValueError, RecursionError):
         return  # text that only mentions the key; transformers would not read a template from it
-    templates = _templates_of(config)
-    if templates is None:
-        fs.add("TPL-02", "`chat_template` is neither a string nor a list of {name, template} objects: "
-               "it cannot be judged", location, "chat_template")
-        return
+    values = config.pairs.get("chat_template", []) if isinstance(config, _AllPairs) else []
+    templates: list[tuple[str, bytes | str]] = []
+    for value in values:  # every duplicate: JSON readers disagree on which one wins
+        found = _templates_of(value)
+        if found is None:
+            fs.add("TPL-02", "`chat_template` is neither a string nor a list of {name, template} objects: "
+                   "it cannot be judged", location, "chat_template")
+            return
+        templates += found
     judge_chat_templates(fs, templates, location, "TPL-01", "TPL-02", "JSON file")
 
 
 def _mentions_templates(span: Span) -> bool:
     step = 1 << 20
-    return any(TEMPLATE_KEY in span.read(pos, step + len(TEMPLATE_KEY)) for pos in range(0, span.size, step))
+    return any(TEMPLATE_KEY.search(span.read(pos, step + MAX_KEY_BYTES)) for pos in range(0, span.size, step))
 
 
-def _templates_of(config: object) -> list[tuple[str, str]] | None:
-    """The templates a loader reads from a parsed config ([] when it holds none), None when malformed."""
-    if not isinstance(config, dict) or "chat_template" not in config:
-        return []
-    value = config["chat_template"]
+class _AllPairs(dict):
+    """A JSON object that also keeps every value of each key (``json.loads`` keeps only the last)."""
+
+    def __init__(self, pairs: list[tuple[str, object]]):
+        super().__init__(pairs)
+        self.pairs: dict[str, list] = {}
+        for key, value in pairs:
+            self.pairs.setdefault(key, []).append(value)
+
+
+def _templates_of(value: object) -> list[tuple[str, str]] | None:
+    """The templates a loader reads from one ``chat_template`` value ([] when none), None when malformed."""
     if value is None:
         return []
     if isinstance(value, str):
         return [("chat_template", value)]
     if isinstance(value, list) and all(isinstance(v, dict) and isinstance(v.get("template"), str) for v in value):
-        return [(f"chat_template[{v.get('name', i)!s}]", v["template"]) for i, v in enumerate(value)]
+        out = []
+        for i, v in enumerate(value):
+            every = v.pairs.get("template", []) if isinstance(v, _AllPairs) else [v["template"]]
+            if not all(isinstance(t, str) for t in every):
+                return None
+            out += [(f"chat_template[{v.get('name', i)!s}]", t) for t in every]
+        return out
     return None

@@ -79,7 +79,8 @@ def _broken_safetensors(fs: "FileScan", span: Span, location: Location) -> bool:
     the header checks say what is wrong instead of calling the file "other"."""
     head = span.head(64)
     named = not location.members and fs.path.endswith(".safetensors")
-    return named or (len(head) > 8 and head[8:].lstrip(b" \t\r\n")[:1] == b"{")
+    text_length = head[:8].isascii() and head[:8].decode("ascii").isprintable()  # '{"name": {}}' is JSON text
+    return named or (len(head) > 8 and not text_length and head[8:].lstrip(b" \t\r\n")[:1] == b"{")
 
 
 def scan_zip(fs: "FileScan", span: Span, location: Location, depth: int) -> None:

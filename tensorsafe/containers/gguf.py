@@ -143,8 +143,11 @@ def parse_gguf(span: Span, deadline_ok: Callable[[], bool] = lambda: True) -> GG
     for i in range(metadata_count):
         key = _text(c.string(f"metadata key {i}"), f"metadata key {i}")
         vtype = c.u32(f"type of {key!r}")
-        is_template = key == CHAT_TEMPLATE_KEY or key.startswith(CHAT_TEMPLATE_KEY + ".")
-        if vtype == STRING and is_template:
+        c_key = key.partition("\0")[0]  # llama.cpp finds keys with strcmp: a NUL ends the name it sees
+        is_template = c_key == CHAT_TEMPLATE_KEY or c_key.startswith(CHAT_TEMPLATE_KEY + ".")
+        if is_template and vtype != STRING:
+            raise ParseError(f"chat template {key!r} is not a string (type {vtype}): it cannot be judged")
+        if is_template:
             header.templates.append((key, c.string(f"value of {key!r}")))
         elif key == "general.alignment" and vtype == 4:
             alignment = struct.unpack("<I", c.take(4, "general.alignment"))[0]

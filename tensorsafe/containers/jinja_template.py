@@ -16,6 +16,7 @@ hit too (a benign template looks attributes up by literal names or by its data's
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -48,6 +49,13 @@ COMMON_WORDS = frozenset({"os", "system", "eval", "exec", "open", "compile", "sp
 
 def is_suspicious(name: object) -> bool:
     return isinstance(name, str) and (name.startswith("_") or name in SUSPICIOUS_NAMES)
+
+
+def _const_spells_internal(value: object) -> bool:
+    """A literal string holding ``__`` or a word naming an interpreter internal (not an ordinary word):
+    strings can reach a lookup in ways no folding follows (macro arguments, namespaces, loops)."""
+    return isinstance(value, str) and ("__" in value or any(
+        w in SUSPICIOUS_NAMES and w not in COMMON_WORDS for w in re.split(r"\W+", value)))
 
 
 def _spells_internal(text: str) -> bool:
@@ -104,7 +112,11 @@ class _Checker:
             elif isinstance(node, n.Name):
                 if is_suspicious(node.name):
                     self._hit(node, f"name {node.name!r}")
-            elif isinstance(node, (n.Concat, n.Add, n.Mul, n.Mod, n.Filter, n.Call)):
+            elif isinstance(node, n.Const) and _const_spells_internal(node.value):
+                self._hit(node, f"string constant {node.value[:80]!r} spells a Python internal")
+            elif isinstance(node, (n.Macro, n.CallBlock, n.AssignBlock)):
+                self._value_text(node)
+            if isinstance(node, (n.Concat, n.Add, n.Mul, n.Mod, n.Filter, n.Call)):
                 for value in self._fold(node):
                     if any(_spells_internal(part) for part in _parts(value)):
                         self._hit(node, f"builds the string {value!r}")
@@ -125,14 +137,30 @@ class _Checker:
         elif self._built(key):
             self._hit(node, "attribute name built in the template from parts that cannot be read statically")
 
+    def _value_text(self, node) -> None:
+        """Text inside a macro, call or ``{% set %}`` block becomes a string value (``cycler[m()]``)."""
+        for sub in _walk(node):
+            if isinstance(sub, self.n.TemplateData) and _const_spells_internal(sub.data):
+                self._hit(sub, f"block text {sub.data[:80]!r} (a string value) spells a Python internal")
+
     def _attribute_filter(self, node) -> None:
         n = self.n
-        args = [kw.value for kw in node.kwargs if kw.key == "attribute"]
-        if node.name in {"attr", "selectattr", "rejectattr", "map", "sort", "groupby", "sum", "unique"}:
+        if node.dyn_args is not None or node.dyn_kwargs is not None:
+            self._hit(node, f"|{node.name} with arguments unpacked at render time (*args/**kwargs)")
+        args = [kw.value for kw in node.kwargs if kw.key == "attribute" or (node.name == "attr" and kw.key == "name")]
+        if node.name in {"attr", "selectattr", "rejectattr", "sort", "groupby", "sum", "unique"}:
             args += node.args[:1]
+        strict = node.name == "attr"
+        if node.name == "map" and node.args:  # map('attr', name): the first argument names a filter
+            filters = self._fold(node.args[0])
+            if not filters:
+                self._hit(node, "|map with a filter chosen at render time")
+            elif any(f in ATTRIBUTE_FILTERS for f in filters):
+                args += node.args[1:2]
+                strict = True
         for arg in args:
             values = self._fold(arg)
-            if not values and (node.name == "attr" or self._built(arg)) and not isinstance(arg, n.Const):
+            if not values and (strict or self._built(arg)) and not isinstance(arg, n.Const):
                 self._hit(node, f"|{node.name} with an attribute name computed at render time")
             for value in values:
                 if any(is_suspicious(part) for part in str(value).split(".")):

@@ -11,6 +11,7 @@ from tensorsafe.containers.storage_types import STORAGE_ELEMENT_SIZE
 from tensorsafe.errors import LimitExceeded
 from tensorsafe.pickles.values import Global
 from tensorsafe.report import Location
+from tensorsafe.sniff import ZIP_EOCD_MAGIC, ZIP_EOCD_SEARCH, may_hold_zip_at_end
 
 if TYPE_CHECKING:
     from tensorsafe.scanner import FileScan
@@ -55,6 +56,18 @@ def scan_tar(fs: "FileScan", span: Span, location: Location, depth: int) -> None
             _scan_torch_tensors(fs, body, where, depth + 1)
         else:
             fs.scan_span(body, where, depth + 1, pickle_expected=torch_tar and m.name in TORCH_TAR_MEMBERS)
+    if may_hold_zip_at_end(span) and not _zip_end_in_member(span, members):
+        from tensorsafe.containers.dispatch import scan_trailing_zip
+
+        scan_trailing_zip(fs, span, location, depth)  # zipfile.is_zipfile says yes: Keras opens a .keras so
+
+
+def _zip_end_in_member(span: Span, members: list[tarfile.TarInfo]) -> bool:
+    """Is the zip end record ``zipfile`` would find inside a member's data (a zip kept in the tar,
+    scanned as that member), rather than after the archive?"""
+    tail = span.tail(ZIP_EOCD_SEARCH)
+    at = span.size - len(tail) + tail.rfind(ZIP_EOCD_MAGIC)
+    return any(m.offset_data <= at < m.offset_data + m.size for m in members if _has_data(m))
 
 
 def _has_data(m: tarfile.TarInfo) -> bool:

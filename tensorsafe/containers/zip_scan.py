@@ -34,8 +34,9 @@ def scan_zip_view(fs: "FileScan", view: ZipView, location: Location, depth: int)
     for m in ordered:
         if not fs.check_deadline(location):
             return
-        if storage_dir is not None and m.name.startswith(storage_dir) \
+        if storage_dir is not None and m.name.startswith(storage_dir) and not m.name.endswith(".pkl") \
                 and m.name[len(storage_dir):] in storage_keys:  # a storage the pickle points at: never read
+            # (a .pkl is scanned even so: a loader taking its folder from the first member reads data/data.pkl)
             continue
         if TORCHSCRIPT_CODE.search(m.name) and not torchscript_reported:
             torchscript_reported = True

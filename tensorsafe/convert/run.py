@@ -18,7 +18,7 @@ from tensorsafe.convert.configs import check_component_names, read_json_object
 from tensorsafe.convert.execute import DEFAULT_MAX_SHARD_BYTES, component_tensors, write_weights
 from tensorsafe.convert.output import staged
 from tensorsafe.convert.plan import Op, Plan, Target
-from tensorsafe.convert.source_io import first_change, leases_held
+from tensorsafe.convert.source_io import first_change, leases_held, release_leases
 from tensorsafe.convert.sources import Located, Source, open_file, open_folder_component
 from tensorsafe.convert.writer import OutTensor
 from tensorsafe.errors import OutputError, ParseError, TensorsafeError, UsageError, option
@@ -201,6 +201,7 @@ def _sources_unchanged(sources: dict[str, Located]) -> Iterator[None]:
     changed = first_change(s.watch for s in sources.values())
     if changed is not None:
         raise changed
+    release_leases()
 
 
 def _refuse_unmapped(plan: Plan, opts: ConvertOptions, src: Path) -> None:

@@ -191,6 +191,14 @@ class _Leases:
 _LEASES = _Leases()
 
 
+def release_leases() -> None:
+    """Every source was read and found unchanged: a change from now on alters nothing written, so
+    the leases go before the output is committed (a lease break during the commit would report a
+    change for an output that is complete and already in place)."""
+    for w in list(_LEASES.held.values()):
+        _LEASES.release(w)
+
+
 @contextlib.contextmanager
 def leases_held() -> Iterator[None]:
     """While active, sources opened with :meth:`Watched.open_fd` are leased (Linux, main thread only)."""

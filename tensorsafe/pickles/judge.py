@@ -5,9 +5,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from tensorsafe.errors import LimitExceeded, PickleParseError
-from tensorsafe.pickles.policy import ALLOWED, INDIRECT_CALLERS, NESTED_PICKLE_LOADERS, Invoked, Judgement, Policy, Tier
+from tensorsafe.pickles.policy import (ALLOWED, INDIRECT_CALLERS, NESTED_PICKLE_LOADERS, STATE_SETTERS, Invoked,
+                                       Judgement, Policy, Tier)
 from tensorsafe.pickles.values import BytesRef, Call, Global, Unresolved
-from tensorsafe.pickles.walker import PickleTrace
+from tensorsafe.pickles.walker import PickleTrace, installed_setstates
 from tensorsafe.report import Finding, Location
 
 _INVOKING_KINDS = frozenset({"reduce", "obj", "inst", "setstate"})
@@ -59,6 +60,11 @@ class TraceJudge:
         for offset, target, opcode in trace.modified:
             self._add("PK-C03", f"{opcode} modifies the imported object {_describe(target)}",
                       offset, _describe(target))
+        for offset, cls in trace.class_changes:
+            self._add("PK-C03", f"BUILD sets __class__ of an object (by name, or by a key or mapping computed at load time) "
+                      f"to {_describe(cls)}: it turns into another class "
+                      "after it was built (joblib then reads array bytes after it that the pickle's own view "
+                      "reads as opcodes)", offset, "__class__")
         if trace.deep_key_offset is not None:
             self._add("PK-L01", "a dict key or set item is nested more than 64 deep: hashing it can crash the "
                       "loader (limit MAX_KEY_NESTING)", trace.deep_key_offset, "MAX_KEY_NESTING")
@@ -101,7 +107,7 @@ class TraceJudge:
         equal ``Global``, is judged in full."""
         plain_keys = {key for key, j in self._judged.items()
                       if (j.tier is Tier.ALLOWED or (j.tier is Tier.BENIGN and j.invocable))
-                      and key not in INDIRECT_CALLERS and key not in NESTED_PICKLE_LOADERS}
+                      and key not in INDIRECT_CALLERS and key not in NESTED_PICKLE_LOADERS and key not in STATE_SETTERS}
         return {id(g) for g in trace.globals if type(g) is Global and (g.module, g.name) in plain_keys}
 
     def _judgement(self, key: tuple[str, str]) -> Judgement:
@@ -130,6 +136,8 @@ class TraceJudge:
             self._indirect(call, invoked)
         if key in NESTED_PICKLE_LOADERS:
             self._nested(call, func)
+        if key in STATE_SETTERS:
+            self._state_setter(call, STATE_SETTERS[key])
 
     def _check_invocation(self, func: Global, j: Judgement, offset: int, how: str) -> None:
         if j.tier is Tier.BENIGN and not j.invocable:
@@ -165,6 +173,25 @@ class TraceJudge:
                               "torch rebuilt", call.offset, _describe(target))
             else:
                 self._invoked(target, call, how)
+
+    def _state_setter(self, call: Call, index: int) -> None:
+        """A ``__setstate__`` the helper's state argument installs is called by a later BUILD."""
+        caller = _describe(call.func)
+        if not isinstance(call.args, tuple):
+            if call.func.module != "torch._tensor":  # _rebuild_from_type_v2: reported by _indirect
+                self._add("PK-C01", f"{caller} gets arguments computed at load time ({_describe(call.args)}), "
+                          "so the attributes its state sets cannot be known", call.offset, caller)
+            return
+        if len(call.args) <= index:
+            return
+        state = call.args[index]
+        parts = state if type(state) is tuple and len(state) == 2 else (state,)
+        for part in parts:
+            if isinstance(part, (Call, Global, Unresolved)):
+                self._add("PK-C01", f"{caller} sets attributes from {_describe(part)}, which is computed at load "
+                          "time: it may install a __setstate__ that a later BUILD calls", call.offset, caller)
+        for target in installed_setstates(state):
+            self._invoked(target, call, f"{caller} (a __setstate__ its state installs)")
 
     def _invoked(self, target: object, call: Call, how: str) -> None:
         if not isinstance(target, Global):

@@ -309,6 +309,12 @@ INDIRECT_CALLERS: dict[tuple[str, str], tuple[Invoked, ...]] = {
     # the factory is called with no arguments on every missing key, after loading, by whoever reads it
     ("collections", "defaultdict"): (Invoked(0),),
 }
+# -- helpers that apply a state argument by setattr (torch._utils._set_obj_state): a ``__setstate__``
+# it installs on the tensor is called by a later BUILD, so it is judged as a call; index of the state
+STATE_SETTERS: dict[tuple[str, str], int] = {
+    ("torch._tensor", "_rebuild_from_type_v2"): 3,
+    ("torch._utils", "_rebuild_parameter_with_state"): 3,
+}
 # Not indirect callers, checked in torch 2.13: ``_rebuild_parameter_with_state`` (setattr on a real
 # Parameter), ``_rebuild_device_tensor_from_numpy`` (``torch.from_numpy`` accepts only arrays; the
 # device goes through a map_location lookup, never called), ``_rebuild_tensor*``, ``_rebuild_qtensor``,

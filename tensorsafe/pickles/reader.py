@@ -6,6 +6,7 @@ was judged. Only the rebuild functions below are followed; every other call beco
 """
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,6 +34,13 @@ class Opaque:
 class TypedStorage:
     ref: StorageRef
     dtype: DType
+
+
+@dataclass(frozen=True)
+class ParameterRef(TensorRef):
+    """A tensor saved as an ``nn.Parameter``; everything but ``load_state_dict`` reads it as the tensor."""
+
+    requires_grad: bool = True
 
 
 StorageResolver = Callable[[object], TypedStorage]
@@ -122,7 +130,7 @@ def _plain(name: str, args: tuple) -> object:
 
 
 def _ordered_dict(r: Rebuilder, args: tuple, c: Call, depth: int) -> dict:
-    out: dict = {}
+    out: dict = collections.OrderedDict()  # what torch.load returns for a state_dict()
     if args and isinstance(args[0], (list, tuple)):
         for pair in args[0]:
             if isinstance(pair, (list, tuple)) and len(pair) == 2:
@@ -172,7 +180,11 @@ def _rebuild_tensor_v3(r: Rebuilder, args: tuple, c: Call, depth: int) -> Tensor
 def _parameter(r: Rebuilder, args: tuple, c: Call, depth: int) -> object:
     if not args:
         raise ParseError("_rebuild_parameter needs its tensor")
-    return args[0]
+    ref = args[0]
+    if type(ref) is not TensorRef:
+        return ref
+    grad = args[1] if len(args) > 1 and isinstance(args[1], bool) else True
+    return ParameterRef(ref.dtype, ref.shape, ref.stride, ref.storage_offset, ref.storage, grad)
 
 
 def _from_type(r: Rebuilder, args: tuple, c: Call, depth: int) -> object:

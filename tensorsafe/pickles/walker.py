@@ -61,6 +61,9 @@ class PickleTrace:
     globals: list[Global | Unresolved] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     modified: list[tuple[int, object, str]] = field(default_factory=list)
+    class_changes: list[tuple[int, object]] = field(default_factory=list)
+    """(offset, new class) for each BUILD whose state assigns ``__class__``: the object turns into
+    that class after it was built (no pickler writes this; joblib then reads it as an array wrapper)."""
     persistent: list[PersistentRef] = field(default_factory=list)
     out_of_band: list[int] = field(default_factory=list)
     frame_end: int = 0
@@ -690,9 +693,10 @@ def _op_obj(w: Walker, pos: int) -> int:
 def _op_build(w: Walker, pos: int) -> int:
     state = w._pop()
     obj = w._top()
-    installed = _installed_setstate(state)
-    if installed is not None:
+    for installed in installed_setstates(state):
         w.trace.calls.append(Call(installed, None, "setstate", pos - 1))
+    for cls in _state_values(state, "__class__"):
+        w.trace.class_changes.append((pos - 1, cls))
     if isinstance(obj, Call):
         obj.state = state
     else:
@@ -706,14 +710,43 @@ def _op_build(w: Walker, pos: int) -> int:
     return pos
 
 
-def _installed_setstate(state: object) -> object:
-    """What a BUILD state puts under ``__setstate__`` (in the instance dict, or by setattr from a
-    slot-state dict): the unpickler's next BUILD on that object looks ``__setstate__`` up on the
-    instance and calls it, so the value counts as called."""
+def installed_setstates(state: object) -> list[object]:
+    """What a BUILD state (or torch's ``_set_obj_state``) may put under ``__setstate__``, in the
+    instance dict or by setattr from a slot-state dict: the unpickler's next BUILD on that object
+    looks ``__setstate__`` up on the instance and calls it, so each value counts as called."""
+    return _state_values(state, "__setstate__")
+
+
+def _state_values(state: object, attribute: str) -> list[object]:
+    """Values a state dict (or (dict, slot dict) pair) stores under ``attribute``, or under a key
+    computed at load time (``builtins.str(...)`` may return any name). A mapping built by a call
+    (``OrderedDict()`` + SETITEMS) is read the same way; one whose contents came in the call's
+    arguments (``dict(pairs)``) is itself returned: what it holds is not in the file."""
+    found: list[object] = []
     for part in (state if type(state) is tuple and len(state) == 2 else (state,)):
-        if type(part) is dict and "__setstate__" in part:
-            return part["__setstate__"]
-    return None
+        if type(part) is dict:
+            pairs = part.items()
+        elif isinstance(part, Call) and (part.items or _fills_a_mapping(part)):
+            pairs = part.items or ()
+            if _fills_a_mapping(part):
+                found.append(part)
+        else:
+            continue
+        found.extend(v for k, v in pairs if k == attribute or isinstance(k, _COMPUTED))
+    return found
+
+
+def _fills_a_mapping(call: Call) -> bool:
+    """A call that may return a dict filled from its arguments (a computed callee may be anything)."""
+    if call.kind == "setstate" or not call.args:
+        return False
+    func = call.func
+    return not isinstance(func, Global) or (func.module, func.name) in _MAPPING_MAKERS
+
+
+_COMPUTED = (Call, Global, Unresolved, PersistentRef)
+_MAPPING_MAKERS = frozenset({("builtins", "dict"), ("collections", "OrderedDict"), ("collections", "Counter"),
+                             ("collections", "defaultdict"), ("copyreg", "_reconstructor")})
 
 
 def _op_persid(w: Walker, pos: int) -> int:
