@@ -95,3 +95,42 @@ def test_a_decompression_bomb_is_held_once(tmp_path):
     rules, grown = result.stdout.rsplit(" ", 1)
     assert "ARC-03" in rules, result.stdout + result.stderr[-2000:]
     assert int(grown) < 1.5 * limit, f"grew {int(grown):,} bytes for a {limit:,}-byte limit"
+
+
+def _cli_under_cap(path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    script = textwrap.dedent(f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+        from tensorsafe.cli import main
+        sys.argv = ["tensorsafe", "scan", *{list(args)!r}, {str(path)!r}]
+        main()
+    """)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_hundred_thousand_gzip_members_through_the_cli(tmp_path):
+    """The issue's case: 10^5 empty members (a 2 MB file) took past 60 s and ignored --timeout."""
+    import gzip
+
+    path = tmp_path / "members.gz"
+    payload = PROTO2 + b"cos\nsystem\n(S'true'\ntR."
+    path.write_bytes(gzip.compress(b"", mtime=0) * 100_000 + gzip.compress(payload, mtime=0))
+    result = _cli_under_cap(path, timeout=60)
+    assert result.returncode == 1 and "PK-I01" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    stopped = _cli_under_cap(path, "--timeout", "0.05", timeout=60)
+    assert stopped.returncode == 2 and "IO-02" in stopped.stdout, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+
+
+def test_a_joblib_shape_of_a_hundred_thousand_huge_dimensions_through_the_cli(tmp_path):
+    """The issue's case: 10^5 dimensions of 2^63-1 (a 1 MB file) took 34 s and ignored --timeout."""
+    dims = b"".join(b"\x8a\x08" + (2**63 - 1).to_bytes(8, "little") for _ in range(100_000))
+    state = (b"}(\x8c\x05shape(" + dims + b"t\x8c\x05order\x8c\x01C\x8c\x05dtype\x8c\x05numpy\x8c\x05dtype\x93"
+             b"\x8c\x02f8\x89\x88\x87R(K\x03\x8c\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+             b"\x8c\x0aallow_mmap\x89u")
+    wrapper = b"\x8c\x13joblib.numpy_pickle\x8c\x11NumpyArrayWrapper\x93)\x81" + state + b"b"
+    path = tmp_path / "shape.joblib"
+    path.write_bytes(b"\x80\x04" + wrapper + b".")
+    result = _cli_under_cap(path, timeout=60)
+    assert result.returncode == 2 and "JOBLIB-01" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
