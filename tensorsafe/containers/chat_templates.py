@@ -8,12 +8,13 @@ Python internals fails; one that cannot be parsed or read cannot be judged (an e
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import PurePath
 from typing import TYPE_CHECKING
 
 from tensorsafe.blob import Span
+from tensorsafe.containers.json_pairs import JsonObject, read_json_pairs
+from tensorsafe.errors import ParseError
 from tensorsafe.report import Location
 
 if TYPE_CHECKING:
@@ -77,10 +78,10 @@ def scan_text_templates(fs: "FileScan", span: Span, location: Location) -> None:
                "chat_template")
         return
     try:
-        config = json.loads(span.read(0, span.size).decode("utf-8-sig"), object_pairs_hook=_AllPairs)
-    except (ValueError, RecursionError):
+        config = read_json_pairs(span.read(0, span.size).decode("utf-8-sig"))
+    except (ParseError, UnicodeDecodeError):
         return  # text that only mentions the key; transformers would not read a template from it
-    values = config.pairs.get("chat_template", []) if isinstance(config, _AllPairs) else []
+    values = config.every("chat_template") if isinstance(config, JsonObject) else []
     templates: list[tuple[str, bytes | str]] = []
     for value in values:  # every duplicate: JSON readers disagree on which one wins
         found = _templates_of(value)
@@ -97,26 +98,16 @@ def _mentions_templates(span: Span) -> bool:
     return any(TEMPLATE_KEY.search(span.read(pos, step + MAX_KEY_BYTES)) for pos in range(0, span.size, step))
 
 
-class _AllPairs(dict):
-    """A JSON object that also keeps every value of each key (``json.loads`` keeps only the last)."""
-
-    def __init__(self, pairs: list[tuple[str, object]]):
-        super().__init__(pairs)
-        self.pairs: dict[str, list] = {}
-        for key, value in pairs:
-            self.pairs.setdefault(key, []).append(value)
-
-
 def _templates_of(value: object) -> list[tuple[str, str]] | None:
     """The templates a loader reads from one ``chat_template`` value ([] when none), None when malformed."""
     if value is None:
         return []
     if isinstance(value, str):
         return [("chat_template", value)]
-    if isinstance(value, list) and all(isinstance(v, dict) and isinstance(v.get("template"), str) for v in value):
+    if isinstance(value, list) and all(isinstance(v, JsonObject) and v.every("template") for v in value):
         out = []
         for i, v in enumerate(value):
-            every = v.pairs.get("template", []) if isinstance(v, _AllPairs) else [v["template"]]
+            every = v.every("template")
             if not all(isinstance(t, str) for t in every):
                 return None
             out += [(f"chat_template[{v.get('name', i)!s}]", t) for t in every]

@@ -9,10 +9,10 @@ readable JSON is KERAS-03 (unscanned). Duplicate JSON keys are all walked, which
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from tensorsafe.containers.json_pairs import JsonObject, read_json_pairs
 from tensorsafe.errors import LimitExceeded, ParseError
 from tensorsafe.report import Location
 
@@ -28,21 +28,12 @@ MAX_KERAS_FINDINGS = 20
 CONFIG_MEMBER, METADATA_MEMBER, WEIGHTS_MEMBER = "config.json", "metadata.json", "model.weights.h5"
 
 
-class _Pairs(list):
-    """A JSON object as its list of pairs, so duplicate keys are all seen."""
-
-    def get(self, key: str, default=None):
-        return next((v for k, v in self if k == key), default)
-
-
 def parse_config(raw: bytes | str) -> object:
-    """The config as nested lists and ``_Pairs``; ``ParseError`` when it is not JSON."""
+    """The config as nested lists and ``JsonObject``; ``ParseError`` when it is not JSON."""
     try:
-        return json.loads(raw, object_pairs_hook=_Pairs)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ParseError(f"config is not valid JSON ({exc})") from exc
-    except RecursionError as exc:
-        raise ParseError("config nests too deeply to read") from exc
+        return read_json_pairs(raw)
+    except ParseError as exc:
+        raise ParseError(f"config is {exc.message}") from exc
 
 
 def is_keras_module(module: str) -> bool:
@@ -54,16 +45,16 @@ def config_findings(config: object) -> Iterator[tuple[str, str, str]]:
     stack: list[tuple[object, str]] = [(config, "$")]
     while stack:
         obj, path = stack.pop()
-        if isinstance(obj, _Pairs):
+        if isinstance(obj, JsonObject):
             yield from _object_findings(obj, path)
             stack.extend((v, f"{path}.{k}") for k, v in reversed(obj))
         elif isinstance(obj, list):
             stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(obj))))
 
 
-def _object_findings(obj: _Pairs, path: str) -> Iterator[tuple[str, str, str]]:
+def _object_findings(obj: JsonObject, path: str) -> Iterator[tuple[str, str, str]]:
     layer = obj.get("config")
-    name = layer.get("name") if isinstance(layer, _Pairs) else None
+    name = layer.get("name") if isinstance(layer, JsonObject) else None
     label = f"{path}" + (f" (layer {name!r})" if isinstance(name, str) else "")
     for key, value in obj:
         if key in ("class_name", "registered_name") and isinstance(value, str):
@@ -92,7 +83,7 @@ def judge_config(fs: FileScan, raw: bytes | str, location: Location, what: str) 
     except ParseError as exc:
         fs.add("KERAS-03", f"{what}: {exc.message}", location)
         return
-    if not isinstance(config, _Pairs):
+    if not isinstance(config, JsonObject):
         fs.add("KERAS-03", f"{what}: the config is not a JSON object ({type(config).__name__}): it cannot be judged",
                location)
     findings = list(config_findings(config))
