@@ -57,3 +57,23 @@ def scan_bytes(tmp_path):
 
 def rule_ids(report: tensorsafe.Report) -> set[str]:
     return {f.rule_id for f in report.findings}
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A fake Hugging Face Hub on 127.0.0.1 that huggingface_hub and tensorsafe talk to (tests/fake_hub.py)."""
+    from huggingface_hub import constants
+
+    from tests.fake_hub import FakeHub
+
+    fake = FakeHub().start()
+    monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        fake.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent-harnesses.json"))
+    monkeypatch.setattr("tensorsafe.hub.HTTP_RETRIES", 0)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield fake
+    fake.stop()

@@ -29,23 +29,6 @@ BIG = 48 << 20
 """The large tensor in the "multi-GB" stand-ins: big enough that reading it would show."""
 
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    fake = FakeHub().start()
-    monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        fake.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent-harnesses.json"))
-    monkeypatch.setattr("tensorsafe.hub.HTTP_RETRIES", 0)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    yield fake
-    fake.stop()
-
-
 @pytest.fixture(scope="module")
 def big_files(tmp_path_factory) -> dict[str, Path]:
     """A torch zip checkpoint, a torch zip with a malicious data.pkl, and a safetensors file, each

@@ -35,23 +35,6 @@ EVIL = BENIGN + op.call_system()
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    fake = FakeHub().start()
-    monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        fake.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent-harnesses.json"))
-    monkeypatch.setattr("tensorsafe.hub.HTTP_RETRIES", 0)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
 def evil_repo(hub, tmp_path) -> FakeHub:
     (tmp_path / "state.pkl").write_bytes(EVIL)
     hub.add_repo("me/evil", {"state.pkl": tmp_path / "state.pkl"})
