@@ -322,5 +322,11 @@ RULES: dict[str, Rule] = {r.id: r for r in [
 ]}
 
 
+PICKLE_LIMIT_RULES = {"MAX_VALUES": "PK-L02"}
+"""The rule of a pickle walk's limit error (other walk limits: PK-L01)."""
+LIMIT_RULES = {"MAX_SCAN_SECONDS": "IO-02", "MAX_DECOMPRESSED_BYTES": "ARC-03", **PICKLE_LIMIT_RULES}
+"""The rule a limit's error is reported under when a scan stops on it (other limits: PK-L01)."""
+
+
 def rule(rule_id: str) -> Rule:
     return RULES[rule_id]

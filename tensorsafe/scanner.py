@@ -17,7 +17,7 @@ from tensorsafe.pickles.judge import judge_trace
 from tensorsafe.pickles.policy import DEFAULT_POLICY, Policy, Tier
 from tensorsafe.pickles.values import BytesRef
 from tensorsafe.pickles.walker import BuildHook, PickleTrace, collector_paused, walk
-from tensorsafe.rules import Outcome
+from tensorsafe.rules import LIMIT_RULES, Outcome
 from tensorsafe.report import FileResult, Finding, ImportUse, Location, Report
 from tensorsafe.sniff import Kind, may_hold_zip_at_end, sniff
 
@@ -39,8 +39,6 @@ TRAILING_ZIP_TOO_KINDS = frozenset({Kind.GGUF, Kind.HDF5, Kind.NPY})
 also open as a zip found at their end: both readings are scanned. (A tar's last member may
 itself be a zip; the tar reader scans it as a member.)"""
 SKIPPED_DIRECTORIES = frozenset({".git", ".hg", ".svn", "__pycache__"})
-LIMIT_RULES = {"MAX_SCAN_SECONDS": "IO-02", "MAX_DECOMPRESSED_BYTES": "ARC-03", "MAX_VALUES": "PK-L02"}
-"""The rule a limit's error is reported under (other limits: PK-L01)."""
 
 
 class FileScan:

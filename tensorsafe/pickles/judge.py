@@ -10,6 +10,7 @@ from tensorsafe.pickles.policy import (ALLOWED, INDIRECT_CALLERS, NESTED_PICKLE_
 from tensorsafe.pickles.values import BytesRef, Call, Global, Unresolved
 from tensorsafe.pickles.walker import PickleTrace, installed_setstates
 from tensorsafe.report import Finding, Location
+from tensorsafe.rules import PICKLE_LIMIT_RULES
 
 _INVOKING_KINDS = frozenset({"reduce", "obj", "inst", "setstate"})
 """Opcodes that always run the callee (``cls(*args)``); INST and OBJ without arguments run only
@@ -222,7 +223,7 @@ class TraceJudge:
         if err is None:
             return
         if isinstance(err, LimitExceeded):
-            rule_id = "PK-L02" if err.limit == "MAX_VALUES" else "PK-L01"
+            rule_id = PICKLE_LIMIT_RULES.get(err.limit, "PK-L01")
             self._add(rule_id, f"{err.message} (limit {err.limit})", trace.end, err.limit)
         elif isinstance(err, PickleParseError):
             rule_id = "PK-S02" if trace.truncated else "PK-S01"
