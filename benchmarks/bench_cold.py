@@ -10,7 +10,7 @@ on wall-clock medians, and each row also shows the median CPU time (user + syste
 machine disturbs less. Floor rows time
 ``python -c pass`` (interpreter and site start-up, which both tools pay) and ``import click``.
 Ratios are picklescan's median over ours (above 1: we are faster). The import-time summary of
-``import tensorsafe.cli`` (``python -X importtime``) is printed after the table. Exits 1 when a
+``import tensorsafe.cli.main`` (``python -X importtime``) is printed after the table. Exits 1 when a
 target is missed. Data files are written once into benchmarks/_data/ (gitignored); nothing here
 unpickles a file under test.
 """
@@ -145,18 +145,18 @@ def ms(seconds: float) -> str:
 
 # -- import graph ---------------------------------------------------------------------------------
 def import_summary(top: int = 15) -> str:
-    """``python -X importtime -c 'import tensorsafe.cli'``: total, heavy packages, slowest modules."""
+    """``python -X importtime -c 'import tensorsafe.cli.main'``: total, heavy packages, slowest modules."""
     out = subprocess.run([sys.executable, "-X", "importtime", "-c",
-                          f"import sys, tensorsafe.cli; print([m for m in {HEAVY!r} if m in sys.modules])"],
+                          f"import sys, tensorsafe.cli.main; print([m for m in {HEAVY!r} if m in sys.modules])"],
                          capture_output=True, text=True, check=True)
     rows = []
     for line in out.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
         if m:
             rows.append((int(m[1]), int(m[2]), len(m[3]) // 2, m[4]))
-    total = next(cum for _, cum, depth, name in rows if name == "tensorsafe.cli")
+    total = next(cum for _, cum, depth, name in rows if name == "tensorsafe.cli.main")
     ours = [r for r in rows if r[3].startswith("tensorsafe")]
-    lines = [f"import tensorsafe.cli: {total / 1000:.1f} ms cumulative, {len(rows)} modules "
+    lines = [f"import tensorsafe.cli.main: {total / 1000:.1f} ms cumulative, {len(rows)} modules "
              f"({len(ours)} tensorsafe); heavy packages loaded: {out.stdout.strip()}",
              "  slowest modules by own time (us):"]
     lines += [f"    {own:7d} {cum:8d}  {name}" for own, cum, _, name in sorted(rows, reverse=True)[:top]]

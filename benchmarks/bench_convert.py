@@ -3,6 +3,7 @@
     python benchmarks/bench_convert.py                     # SD1.5 (~2.1 GB) and SDXL (~6.9 GB), fp16
     python benchmarks/bench_convert.py --models sd15       # one model
     python benchmarks/bench_convert.py --quick             # tiny models: a smoke run in seconds
+    python benchmarks/bench_convert.py --to-safetensors --size-mb 4096   # .ckpt -> .safetensors vs the Hub bot
 
 Inputs are single-file checkpoints with the real SD1.5 / SDXL-base key sets and shapes and random
 fp16 weights, written once into benchmarks/_data/ (gitignored) and reused: the diffusers key sets
@@ -15,7 +16,8 @@ Every measured command is its own subprocess under ``/usr/bin/time -v``, so the 
 command's own. The commands are run interleaved, the order rotated each round; before each run
 its inputs are read once (a warm page cache, never dropped) and its outputs from the run before
 are deleted, then ``sync`` (untimed) so that no write-back of an earlier run lands in a later one.
-Nothing here unpickles anything: every file is safetensors.
+The SD runs unpickle nothing: every file is safetensors. ``--to-safetensors`` times the Hub bot's
+method, whose ``torch.load(weights_only=True)`` reads only the checkpoint this script wrote.
 """
 from __future__ import annotations
 
@@ -103,7 +105,7 @@ def orig_layout(model: Model) -> tuple[dict[str, tuple[int, ...]], object]:
     import torch
     import transformers
 
-    from tensorsafe.convert import families, keymaps
+    from tensorsafe.converter import families, keymaps
 
     logging.getLogger("diffusers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -144,7 +146,7 @@ def random_fp16(nbytes: int, seed: int):
 
 
 def ensure_single_file(model: Model, tag: str) -> Path:
-    from tensorsafe.convert.writer import OutTensor, write_safetensors
+    from tensorsafe.converter.writer import OutTensor, write_safetensors
     from tensorsafe.tensors import DTYPES
 
     path = DATA / f"{tag}_random_fp16.safetensors"
@@ -165,7 +167,7 @@ def ensure_single_file(model: Model, tag: str) -> Path:
 
 def ensure_folder(single: Path) -> Path:
     """The diffusers folder of ``single``, made by tensorsafe (reverse input, diffusers' config=)."""
-    from tensorsafe.convert.run import convert
+    from tensorsafe.converter.run import convert
 
     folder = single.with_name(single.name.replace(".safetensors", "_diffusers"))
     if (folder / "model_index.json").is_file():
@@ -334,7 +336,7 @@ def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime, r.ru_stime
 t0, c0 = time.perf_counter(), cpu()
-from tensorsafe.convert import chunks, execute, run, verify, writer
+from tensorsafe.converter import chunks, execute, run, verify, writer
 phases = {"imports": [time.perf_counter() - t0, *(b - a for a, b in zip(c0, cpu()))]}
 overlapped = {}
 def on_thread(name, fn):  # runs on the checker's thread, beside the write: its own clock and CPU
@@ -445,6 +447,117 @@ def report(tag: str, nbytes: int, cmds: list[Command]) -> tuple[list[tuple[str, 
     return checks, failures
 
 
+# -- pickle checkpoint -> one .safetensors file, next to the Hub conversion bot's method -------------------
+HUB_BOT_CHILD = r"""
+import os, sys, torch
+from safetensors.torch import _remove_duplicate_names, save_file
+# the Hub's conversion bot (safetensors' convert.py, convert_file): load, unwrap, drop aliases, save
+loaded = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+if "state_dict" in loaded:
+    loaded = loaded["state_dict"]
+metadata = {"format": "pt"}
+for kept, removed in _remove_duplicate_names(loaded).items():
+    for name in removed:
+        metadata.setdefault(name, kept)
+        del loaded[name]
+loaded = {k: v.contiguous() for k, v in loaded.items()}
+save_file(loaded, sys.argv[2], metadata=metadata)
+if sys.argv[3:] == ["sync"]:  # durable, as our output is
+    os.sync()
+"""
+TENSOR_MB = 8   # the benchmark checkpoint's tensors: fp16 blocks of this size (a few small ones and a tied pair too)
+
+
+def ensure_checkpoint(size_mb: int, fmt: str) -> Path:
+    """A ``torch.save`` checkpoint of about ``size_mb`` MB of random fp16 weights under ``state_dict`` (``zip``, or
+    ``legacy``: the pre-1.6 format), written once into benchmarks/_data/. Writing it holds it in memory once."""
+    import torch
+
+    path = DATA / f"ckpt_{size_mb}mb_{fmt}.ckpt"
+    if path.exists():
+        return path
+    g = torch.Generator().manual_seed(size_mb)
+    state: dict = {}
+    per = TENSOR_MB * MB // 2
+    for i in range(max(1, size_mb // TENSOR_MB)):
+        state[f"blocks.{i}.weight"] = (torch.rand(per // 1024, 1024, generator=g) * 2 - 1).half()
+        state[f"blocks.{i}.bias"] = torch.zeros(1024, dtype=torch.float16)
+    state["head.weight"] = state["blocks.0.weight"]  # tied: written once by both methods
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": state, "global_step": 1000}, tmp, _use_new_zipfile_serialization=fmt == "zip")
+    os.replace(tmp, path)
+    return path
+
+
+def to_safetensors_commands(src: Path, reps: int) -> list[Command]:
+    py = sys.executable
+    cli = Path(py).with_name("tensorsafe")
+    ts = [str(cli)] if cli.exists() else [py, "-m", "tensorsafe"]
+    copy, ours, bot = WORK / "copy.bin", WORK / "ours.safetensors", WORK / "bot.safetensors"
+    return [
+        Command("cp (plain copy)", ["cp", str(src), str(copy)], [src], [copy], reps, kind="copy"),
+        Command("cp + sync (durable copy)", ["sh", "-c", 'cp "$1" "$2" && sync "$2"', "sh", str(src), str(copy)],
+                [src], [copy], reps, kind="copy+sync"),
+        Command("tensorsafe convert -> .safetensors", [*ts, "convert", str(src), str(ours), "--overwrite", "-q"],
+                [src], [ours], reps, kind="ours"),
+        Command("hub bot: torch.load + save_file", [py, "-c", HUB_BOT_CHILD, str(src), str(bot)], [src], [bot], reps,
+                kind="bot"),
+        Command("hub bot + sync", [py, "-c", HUB_BOT_CHILD, str(src), str(bot), "sync"], [src], [bot], reps,
+                kind="bot+sync"),
+    ]
+
+
+def report_to_safetensors(tag: str, nbytes: int, cmds: list[Command]) -> tuple[list[tuple[str, bool]], list[str]]:
+    by = {c.kind: c for c in cmds}
+    print(f"\n{tag}: {nbytes / 1e9:.2f} GB")
+    print(f"  {'command':<36} {'runs':>4} {'wall s':>7} {'cpu s':>7} {'GB/s':>5} {'peak RSS MB':>11} {'x cp':>6} "
+          f"{'x cp+sync':>9} {'x ours':>7}")
+    for c in cmds:
+        if not c.walls:
+            print(f"  {c.label:<36} failed: {c.failed}")
+            continue
+        w = med(c.walls)
+        vs = f"{w / med(by['ours'].walls):7.2f}" if by["ours"].walls else ""
+        print(f"  {c.label:<36} {len(c.walls):>4} {w:7.2f} {med(c.cpu):7.2f} {nbytes / w / 1e9:5.2f} "
+              f"{max(c.rss_mb):11.0f} {w / med(by['copy'].walls):6.2f} {w / med(by['copy+sync'].walls):9.2f} {vs:>7}")
+    print("  medians; peak RSS: the largest run; x ours: this command's wall over ours (the bot's 'x ours' is how "
+          "many times slower it is)")
+    ours = by["ours"]
+    if not ours.walls:
+        return [], [f"{tag} {ours.label}: failed ({ours.failed})"]
+    ratio = med(ours.walls) / med(by["copy+sync"].walls)
+    checks = [(f"{tag} ours: wall / (cp + sync) = {ratio:.2f} (target <= {COPY_TARGET})", ratio <= COPY_TARGET),
+              (f"{tag} ours: peak RSS {max(ours.rss_mb):.0f} MB (target < {RSS_TARGET_MB})",
+               max(ours.rss_mb) < RSS_TARGET_MB)]
+    bot = by["bot+sync"]
+    if bot.walls:
+        checks.append((f"{tag} hub bot + sync: {med(bot.walls) / med(ours.walls):.2f}x our wall time, peak RSS "
+                       f"{max(bot.rss_mb):.0f} MB (shown, not a target)", True))
+    return checks, []
+
+
+def bench_to_safetensors(args, env: dict[str, str]) -> int:
+    """``--to-safetensors``: legacy and zip checkpoints of ``--size-mb`` MB, ours next to the Hub bot's method."""
+    checks: list[tuple[str, bool]] = []
+    failures: list[str] = []
+    for fmt in args.formats.split(","):
+        src = ensure_checkpoint(args.size_mb, fmt.strip())
+        cmds = to_safetensors_commands(src, args.reps)
+        tag = f"{fmt} checkpoint {args.size_mb} MB"
+        print(f"\n== {tag}: {src.name}; {args.reps} rounds")
+        for r in range(args.reps):
+            shift = r % len(cmds)
+            print(f"  round {r + 1}")
+            for c in cmds[shift:] + cmds[:shift]:
+                if not c.done():
+                    run_once(c, r, env)
+        new_checks, new_failures = report_to_safetensors(tag, size_of(src), cmds)
+        checks += new_checks
+        failures += new_failures
+    shutil.rmtree(WORK, ignore_errors=True)
+    return finish(checks, quick=args.quick, failures=failures)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny models (a smoke run in seconds)")
@@ -462,11 +575,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-tree", type=Path, default=None,
                     help="a folder holding another copy of the tensorsafe package (e.g. before a change): its "
                          "convert runs too, interleaved, for a before/after in one run")
+    ap.add_argument("--to-safetensors", action="store_true",
+                    help="instead: pickle checkpoint -> one .safetensors file, ours next to the Hub bot's method "
+                         "(torch.load + save_file), on a legacy and a zip checkpoint")
+    ap.add_argument("--size-mb", type=int, default=None,
+                    help="--to-safetensors: checkpoint size in MB (default 256; --quick: 32); e.g. 4096 for 4 GB")
+    ap.add_argument("--formats", default="legacy,zip", help="--to-safetensors: legacy, zip or both")
     args = ap.parse_args(argv)
     args.models = args.models or ("sd15" if args.quick else "sd15,sdxl")
     args.reps = args.reps or (1 if args.quick else 3)
     if not os.access(TIME, os.X_OK):
         raise SystemExit(f"{TIME} is missing: apt-get update && apt-get install -y time")
+    if args.to_safetensors:
+        args.size_mb = args.size_mb or (32 if args.quick else 256)
+        DATA.mkdir(parents=True, exist_ok=True)
+        WORK.mkdir(parents=True, exist_ok=True)
+        return bench_to_safetensors(args, dict(os.environ, PYTHONWARNINGS="ignore"))
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     table = QUICK if args.quick else MODELS
     unknown = [n for n in names if n not in table]

@@ -124,7 +124,7 @@ def picklescan_picks(files: list[Path]) -> list[Path]:
 def tensorsafe_cli(folder: Path, jobs: int) -> Callable[[], tuple[int, int]]:
     from click.testing import CliRunner
 
-    from tensorsafe.cli import main
+    from tensorsafe.cli.main import main
 
     def run() -> tuple[int, int]:
         result = CliRunner().invoke(main, ["scan", "--json", "--jobs", str(jobs), str(folder)])

@@ -5,8 +5,8 @@
     python benchmarks/bench_render.py --size 512 --steps 20 --device cuda --dtype fp16
 
 Each run is its own child process, so its peak RSS (``wait4``'s ``ru_maxrss``) is its own; the
-tools alternate, the order rotated each round. The child times loading (folder -> modules) and
-rendering (prompt -> decoded image) apart and returns the image, so the parent also prints how far
+tools alternate, the order rotated each round. The child times, for both tools alike (after ``import torch``),
+importing the tool, loading (folder -> modules) and rendering (prompt -> decoded image) apart and returns the image, so the parent also prints how far
 the two pictures are from each other (same seed, Euler, guidance 7.5: they should agree).
 
 The model folder is written once into ``benchmarks/_data/sd15_render_fp16/``: diffusers' and
@@ -59,7 +59,7 @@ def make_folder(folder: Path, shapes: dict) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     sys.path.insert(0, str(ROOT))
-    from tensorsafe.convert.tokenizer import tokenizer_files
+    from tensorsafe.converter.tokenizer import tokenizer_files
 
     if (folder / "model_index.json").is_file():
         return folder
@@ -89,10 +89,11 @@ def child(tool: str, folder: str, size: int, steps: int, threads: int, device: s
     import torch
 
     torch.set_num_threads(threads)
-    started = time.perf_counter()
+    started = time.perf_counter()  # both tools: their own imports, then loading, then rendering, timed apart
     if tool == "tensorsafe":
         from tensorsafe.pipeline.pipeline import Pipeline
 
+        imported = time.perf_counter()
         pipe = Pipeline.from_folder(folder, device=device, dtype=dtype)
         loaded = time.perf_counter()
         result = pipe(PROMPT, NEGATIVE, steps=steps, height=size, width=size, seed=0, guidance=7.5, scheduler="euler")
@@ -101,6 +102,7 @@ def child(tool: str, folder: str, size: int, steps: int, threads: int, device: s
         from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
         from diffusers.utils import logging as dlogging
 
+        imported = time.perf_counter()
         dlogging.set_verbosity_error()
         dlogging.disable_progress_bar()
         torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
@@ -113,7 +115,7 @@ def child(tool: str, folder: str, size: int, steps: int, threads: int, device: s
                      guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(0), output_type="np").images[0]
     done = time.perf_counter()
     np.save(out, np.asarray(image, dtype=np.float32))
-    print(json.dumps({"load": loaded - started, "render": done - loaded}))
+    print(json.dumps({"import": imported - started, "load": loaded - imported, "render": done - loaded}))
 
 
 def run_child(tool: str, args, folder: Path, out: Path) -> dict:
@@ -183,14 +185,15 @@ def report(args, folder: Path, runs: dict[str, list[dict]], image_diff: float,
            image_std: float) -> list[tuple[str, bool]]:
     import torch
 
-    med = {t: {k: statistics.median(r[k] for r in rs) for k in ("load", "render", "wall")} for t, rs in runs.items()}
+    med = {t: {k: statistics.median(r[k] for r in rs) for k in ("import", "load", "render", "wall")}
+           for t, rs in runs.items()}
     rss = {t: max(r["rss_mb"] for r in rs) for t, rs in runs.items()}
     print(f"\n{folder.name}: {args.size}x{args.size}, {args.steps} Euler steps, guidance 7.5, {args.device} {args.dtype}, "
           f"{args.threads} threads, torch {torch.__version__}, {args.rounds} rounds (medians; peak RSS: largest)")
-    print(f"{'tool':12s} {'load s':>8s} {'render s':>9s} {'wall s':>8s} {'peak RSS MB':>12s}")
+    print(f"{'tool':12s} {'import s':>9s} {'load s':>8s} {'render s':>9s} {'wall s':>8s} {'peak RSS MB':>12s}")
     for tool in runs:
         m = med[tool]
-        print(f"{tool:12s} {m['load']:8.2f} {m['render']:9.2f} {m['wall']:8.2f} {rss[tool]:12.0f}")
+        print(f"{tool:12s} {m['import']:9.2f} {m['load']:8.2f} {m['render']:9.2f} {m['wall']:8.2f} {rss[tool]:12.0f}")
     ours, theirs = med["tensorsafe"], med["diffusers"]
     print(f"\nmax |image difference| in [0, 1]: {image_diff:.2e} (the picture's own spread: std {image_std:.3f})")
     print("diffusers / tensorsafe (above 1: we are faster or smaller):")

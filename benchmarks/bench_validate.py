@@ -13,8 +13,7 @@ milliseconds. The small files are written by safetensors.numpy.save_file itself.
 Per round, every case runs each tool once, the order rotating: `tensorsafe` is
 `tensorsafe.validate_file` (every format, policy and polyglot rule; the text report is not
 rendered), `safe_open` is `safetensors.safe_open(path, "np")` reading the keys and the metadata.
-`ts-python` is `tensorsafe` with the compiled fast path
-switched off (what an install without a C compiler runs). Ratios are each tool's median over
+Ratios are each tool's median over
 tensorsafe's: above 1 means tensorsafe is faster. Wall and CPU time (this
 thread's user + system time) are both printed: on a shared machine the wall clock also counts the
 time other processes held the CPU. `--clock cpu` makes the CPU medians decide the exit status.
@@ -106,20 +105,12 @@ def tools():
     from safetensors import safe_open
 
     import tensorsafe
-    from tensorsafe.header import HeaderLimits, fastpath
+    from tensorsafe.safetensors import HeaderLimits
 
     limits = HeaderLimits()
 
     def ours(path: Path) -> str:
         return tensorsafe.validate_file(path, limits).verdict
-
-    def ours_in_python(path: Path) -> str:
-        """The same, with the compiled fast path switched off (an install without a C compiler)."""
-        compiled, fastpath.native = fastpath.native, None
-        try:
-            return tensorsafe.validate_file(path, limits).verdict
-        finally:
-            fastpath.native = compiled
 
     def reference(path: Path) -> str:
         with safe_open(str(path), "np") as f:
@@ -127,10 +118,7 @@ def tools():
             f.metadata()
         return "read"
 
-    named = {"tensorsafe": ours, "safe_open": reference}
-    if fastpath.native is not None:
-        named["ts-python"] = ours_in_python
-    return named
+    return {"tensorsafe": ours, "safe_open": reference}
 
 
 def run_case(paths: list[Path], fn: Callable[[Path], str]) -> tuple[float, float]:
@@ -149,7 +137,6 @@ def measure(cases: dict[str, list[Path]], reps: int) -> dict[tuple[str, str], li
         for tool, fn in named.items():
             verdicts = {fn(p) for p in dict.fromkeys(paths)}
             print(f"  warm-up {case:<22} {tool:<11} verdicts: {sorted(verdicts)}")
-        print(f"  {case}: {fast_path_files(paths)}")
     order = list(named)
     for r in range(reps):
         order = order[1:] + order[:1]
@@ -157,18 +144,6 @@ def measure(cases: dict[str, list[Path]], reps: int) -> dict[tuple[str, str], li
             for tool in order:
                 times.setdefault((case, tool), []).append(run_case(paths, named[tool]))
     return times
-
-
-def fast_path_files(paths: list[Path]) -> str:
-    """How many of the files the clean-file fast path decides (the rest take the full checks)."""
-    try:
-        from tensorsafe.header import HeaderLimits
-        from tensorsafe.header.fastpath import clean_size
-    except ImportError:  # a tree from before the fast path (PYTHONPATH=... for a before/after)
-        return "no clean-file fast path in this tree"
-    unique = list(dict.fromkeys(paths))
-    fast = sum(clean_size(str(p), HeaderLimits()) is not None for p in unique)
-    return f"{fast} of {len(unique)} files decided by the clean-file fast path"
 
 
 def report(times: dict[tuple[str, str], list[tuple[float, float]]], cases: dict[str, list[Path]],
@@ -179,7 +154,7 @@ def report(times: dict[tuple[str, str], list[tuple[float, float]]], cases: dict[
         for case in cases:
             ours = [t[index] for t in times[(case, "tensorsafe")]]
             base_med, base_min = statistics.median(ours), min(ours)
-            for tool in ("tensorsafe", "safe_open", "ts-python"):
+            for tool in ("tensorsafe", "safe_open"):
                 if (case, tool) not in times:
                     continue
                 t = [x[index] for x in times[(case, tool)]]
@@ -241,8 +216,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     print(f"big file: {big.name}, {size / 1e9:.2f} GB, {len(big_tensors())} tensors, "
           f"header {struct.unpack('<Q', big.open('rb').read(8))[0]:,} bytes")
-    from tensorsafe.header import fastpath
-    print(f"compiled fast path: {'built' if fastpath.native is not None else 'not built (Python checks only)'}")
     print(f"small files: {len(small)} LoRA-like files in {SMALL.name}/, {sum(p.stat().st_size for p in small):,} bytes")
     cases = {f"1 file, {len(big_tensors())} tensors": [big] * BIG_REPEATS, f"{len(small)} small files": small}
     times = measure(cases, args.reps or (3 if args.quick else 9))

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
-from tensorsafe.cli import main as cli_main
+from tensorsafe.cli.main import main as cli_main
 from tensorsafe.pickles.policy import ALLOWED, BENIGN, DANGEROUS_MODULES, DANGEROUS_NAMES
 from tensorsafe.rules import RULES, Rule
 

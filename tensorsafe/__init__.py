@@ -9,28 +9,32 @@ Library API (the CLI is a thin layer over it)::
     report = tensorsafe.validate("model.safetensors")   # the safetensors header rules (ST-*)
     report = tensorsafe.scan(upload, policy=tensorsafe.load_policy("policy.toml"))  # else: the built-in policy
     result = tensorsafe.convert("model.ckpt", "model-diffusers")   # ConversionResult
+    result = tensorsafe.convert("model.ckpt", "model.safetensors")  # any pickle checkpoint -> its tensors as safetensors
     image = tensorsafe.render("model-diffusers", "a photo of a cat")  # PIL image (render extra)
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from tensorsafe.version import __version__
 
 from tensorsafe.errors import (  # noqa: E402
     ContainmentError, LimitExceeded, MissingFileError, OutputError, ParseError, PickleParseError, PolicyFileError,
     RenderError, TensorsafeError, UnreadableFileError, UnsafeFileError, UnsupportedModelError, UsageError,
 )
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
-    import tensorsafe.convert as convert  # noqa: F401
+    from tensorsafe.converter.run import convert  # noqa: F401
+    from tensorsafe.converter.identify import Identification, identify, identify_tensors  # noqa: F401
     from tensorsafe.batch import scan_many, validate_many  # noqa: F401
-    from tensorsafe.header import HeaderLimits, validate, validate_file  # noqa: F401
+    from tensorsafe.api import scan, validate  # noqa: F401
+    from tensorsafe.limits import HeaderLimits  # noqa: F401
+    from tensorsafe.safetensors.validator import validate_file  # noqa: F401
     from tensorsafe.limits import ScanLimits  # noqa: F401
     from tensorsafe.load import load_state_dict  # noqa: F401
     from tensorsafe.pipeline import check_render, render  # noqa: F401
     from tensorsafe.policy_file import PolicyConfig, load_policy, load_policy_file  # noqa: F401
     from tensorsafe.report import FileResult, Finding, Location, PolicyInfo, Report  # noqa: F401
-    from tensorsafe.scanner import scan, scan_file  # noqa: F401
+    from tensorsafe.engine.scanner import scan_file  # noqa: F401
 
 # The verbs load on first use (PEP 562), so a CLI call or ``import tensorsafe.errors`` does not pay
 # for numpy, the converter or the pipeline: name -> module that defines it.
@@ -40,11 +44,13 @@ _LAZY = {
     "PolicyInfo": "tensorsafe.report", "Report": "tensorsafe.report",
     "PolicyConfig": "tensorsafe.policy_file", "load_policy": "tensorsafe.policy_file",
     "load_policy_file": "tensorsafe.policy_file",
-    "scan": "tensorsafe.scanner", "scan_file": "tensorsafe.scanner",
+    "scan": "tensorsafe.api", "scan_file": "tensorsafe.engine.scanner",
     "scan_many": "tensorsafe.batch", "validate_many": "tensorsafe.batch",
-    "HeaderLimits": "tensorsafe.header", "validate": "tensorsafe.header", "validate_file": "tensorsafe.header",
+    "HeaderLimits": "tensorsafe.limits", "validate": "tensorsafe.api", "validate_file": "tensorsafe.safetensors.validator",
     "load_state_dict": "tensorsafe.load",
-    "convert": "tensorsafe.convert",  # the callable package itself (tensorsafe.convert(src, dst, ...))
+    "convert": "tensorsafe.converter.run",
+    "identify": "tensorsafe.converter.identify", "identify_tensors": "tensorsafe.converter.identify",
+    "Identification": "tensorsafe.converter.identify",
     "check_render": "tensorsafe.pipeline", "render": "tensorsafe.pipeline",  # torch is imported on first use
 }
 
@@ -56,7 +62,7 @@ def __getattr__(name: str) -> object:
     import importlib
 
     mod = importlib.import_module(module)
-    value = getattr(mod, name, mod) if module == f"tensorsafe.{name}" else getattr(mod, name)
+    value = getattr(mod, name)
     globals()[name] = value
     return value
 
@@ -68,6 +74,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__", "scan", "scan_file", "load_state_dict", "convert", "render", "check_render", "Report", "FileResult", "Finding", "Location", "ScanLimits",
     "validate", "validate_file", "HeaderLimits", "scan_many", "validate_many",
+    "identify", "identify_tensors", "Identification",
     "load_policy", "load_policy_file", "PolicyConfig", "PolicyInfo",
     "TensorsafeError", "UnreadableFileError", "MissingFileError", "ParseError", "PickleParseError", "LimitExceeded",
     "PolicyFileError", "UsageError", "UnsafeFileError", "ContainmentError", "UnsupportedModelError", "OutputError",

@@ -1,3 +1,3 @@
-from tensorsafe.entry import main
+from tensorsafe.cli.entry import main
 
 main()

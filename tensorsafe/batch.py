@@ -24,12 +24,15 @@ from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Union
 
-from tensorsafe.limits import ScanLimits
+from tensorsafe.api import scan
+from tensorsafe.limits import DEFAULT_LIMITS, ScanLimits
+from tensorsafe.listing import iter_files
 from tensorsafe.pickles.policy import Policy
+from tensorsafe.policy_file import describe, resolve_policy
 from tensorsafe.report import FileResult, Finding, Report
 
 if TYPE_CHECKING:
-    from tensorsafe.header.limits import HeaderLimits
+    from tensorsafe.limits import HeaderLimits
     from tensorsafe.policy_file import PolicyConfig
 
 DEFAULT_CHUNK_SIZE = 16
@@ -48,14 +51,12 @@ ItemScanner = Callable[[str], "list[FileResult]"]
 def scan_item(item: str, policy: Policy, limits: ScanLimits | None, explain: bool,
               allow_empty: bool = False) -> list[FileResult]:
     """Scan one path exactly as :func:`tensorsafe.scan` does (the driver's policy, its limits)."""
-    from tensorsafe.scanner import scan
-
     return scan([item], policy, limits, explain=explain, allow_empty=allow_empty).files
 
 
 def validate_item(item: str, limits: HeaderLimits | None, deep: bool, overrides: Mapping[str, int] | None) -> list[FileResult]:
     """Validate one file exactly as :func:`tensorsafe.validate` does."""
-    from tensorsafe.header.validator import validate_file
+    from tensorsafe.safetensors.validator import validate_file
 
     return [validate_file(item, limits, deep=deep, overrides=overrides)]
 
@@ -98,8 +99,8 @@ class _Pool:
         if executor is None and jobs not in (None, 1):
             executor = functools.partial(ProcessPoolExecutor, jobs or os.cpu_count() or 1)
         given = executor is not None and hasattr(executor, "submit")  # an executor, not a factory of one
-        self.factory = None if executor is None or given else executor
-        self.executor: Executor | None = executor if given else None
+        self.factory: Callable[[], Executor] | None = None if executor is None or given else executor  # type: ignore[assignment]
+        self.executor: Executor | None = executor if given else None  # type: ignore[assignment]
         self.generation = 0
         if self.factory is not None:
             self.executor = self.factory()
@@ -109,7 +110,8 @@ class _Pool:
         if self.factory is None:
             return False
         if generation == self.generation:
-            self.executor.shutdown(wait=False, cancel_futures=True)
+            if self.executor is not None:
+                self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = self.factory()
             self.generation += 1
         return True
@@ -126,7 +128,7 @@ def workers_of(executor: Executor | None) -> int:
         return n
     client = getattr(executor, "_client", None)  # distributed.cfexecutor.ClientExecutor
     try:
-        return max(1, sum(client.nthreads().values()))
+        return max(1, sum(client.nthreads().values()))  # type: ignore[union-attr]  # no client: AttributeError
     except Exception:
         return os.cpu_count() or 1
 
@@ -156,8 +158,8 @@ def _drive(fn: ItemScanner, items: Iterable[str], executor: ExecutorLike | None,
     pool = _Pool(executor, jobs)
     if pool.executor is None:
         for item in items:
-            for results in run_chunk(fn, [item]):
-                yield from results
+            for per_item in run_chunk(fn, [item]):
+                yield from per_item
         return
     pending_limit = max_pending or PENDING_PER_WORKER * workers_of(pool.executor)
     window = pending_limit * chunk_size * 4  # ordered: how far past the oldest unfinished file to read
@@ -178,10 +180,11 @@ def _drive(fn: ItemScanner, items: Iterable[str], executor: ExecutorLike | None,
                 elif exhausted or len(pending) >= pending_limit or (ordered and read_seq - next_seq >= window):
                     break
                 else:
-                    task, suspect = next(source, None), False
-                    if task is None:
+                    upcoming, suspect = next(source, None), False
+                    if upcoming is None:
                         exhausted = True
                         break
+                    task = upcoming
                     read_seq = task.seqs[-1] + 1
                 try:
                     future = pool.executor.submit(run_chunk, fn, task.items, task.attempt)
@@ -250,8 +253,6 @@ def _failed(task: _Task, exc: BaseException, pool: _Pool, generation: int,
 def expand(paths: str | os.PathLike | Iterable[str | os.PathLike], *, allow_empty: bool = False) -> Iterator[str]:
     """Files under ``paths`` in the order :func:`tensorsafe.scan` takes them; URLs
     (``scheme://...``) pass through untouched, for the worker to resolve."""
-    from tensorsafe.scanner import iter_files
-
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     for p in paths:
@@ -273,8 +274,6 @@ def scan_many(paths: str | os.PathLike | Iterable[str | os.PathLike], policy: Po
     fails is an error result (ARC-05 or IO-01), never clean, and the rest go on. See
     :func:`run_many` for ``executor``/``jobs``; :func:`collect` turns the stream into a Report.
     """
-    from tensorsafe.policy_file import resolve_policy
-
     fn = functools.partial(scan_item, policy=resolve_policy(policy), limits=limits, explain=explain,
                            allow_empty=allow_empty)
     return run_many(fn, expand(paths, allow_empty=allow_empty), executor=executor, jobs=jobs, chunk_size=chunk_size, ordered=ordered,
@@ -286,8 +285,7 @@ def validate_many(paths: str | os.PathLike | Iterable[str | os.PathLike], limits
                   jobs: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE, ordered: bool = False,
                   max_pending: int | None = None) -> Iterator[FileResult]:
     """:func:`tensorsafe.validate` on an executor, streamed like :func:`scan_many`."""
-    from tensorsafe.header.limits import DEFAULT_LIMITS
-    from tensorsafe.header.validator import iter_candidates
+    from tensorsafe.safetensors.validator import iter_candidates
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -301,6 +299,4 @@ def validate_many(paths: str | os.PathLike | Iterable[str | os.PathLike], limits
 def collect(results: Iterable[FileResult], policy: Policy | PolicyConfig | None = None) -> Report:
     """A Report of streamed results (in the order they came); ``policy``: the one they were scanned
     under, named in ``report.policy`` (default: the built-in policy)."""
-    from tensorsafe.policy_file import describe, resolve_policy
-
     return Report(files=list(results), policy=describe(resolve_policy(policy)))

@@ -9,14 +9,14 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from tensorsafe.blob import MappedFile, Span
-from tensorsafe.containers.zip import ZipView, member_span, open_zip
-from tensorsafe.containers.zip_scan import TORCH_PICKLE
+from tensorsafe.readers.blob import MappedFile, Span
+from tensorsafe.readers.zip import ZipView, member_span, open_zip
+from tensorsafe.engine.zip_scan import TORCH_PICKLE
 from tensorsafe.errors import ParseError, UnsafeFileError
 from tensorsafe.pickles.policy import Policy
 from tensorsafe.pickles.reader import Rebuilder, TypedStorage, storage_dtype
 from tensorsafe.pickles.walker import PickleTrace, walk
-from tensorsafe.sniff import TORCH_LEGACY_MAGIC_NUMBER, Kind, sniff
+from tensorsafe.readers.sniff import TORCH_LEGACY_MAGIC_NUMBER, Kind, sniff
 from tensorsafe.tensors import StorageRef, TensorRef
 
 STATE_DICT_WRAPPERS = ("state_dict",)
@@ -49,9 +49,9 @@ def read_checkpoint(path: str | os.PathLike, *, policy: Policy | None = None, sc
     return _checkpoint(path, fmt, root)
 
 
-def require_clean(path: str, policy: Policy | None) -> None:
+def require_clean(path: str, policy: Policy | None = None) -> None:
     """Scan ``path``; raise ``UnsafeFileError`` (with the report) unless it is clean."""
-    from tensorsafe.scanner import scan
+    from tensorsafe.api import scan
 
     report = scan(path, policy)
     if not report.clean:

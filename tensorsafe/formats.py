@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from tensorsafe import __version__
+from tensorsafe.version import __version__
 from tensorsafe.report import Finding, Report, printable
 
 JSON_SCHEMA_VERSION = 1

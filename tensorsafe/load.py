@@ -14,13 +14,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tensorsafe.blob import MappedFile, Span
+from tensorsafe.readers.blob import MappedFile, Span
 from tensorsafe.checkpoint import require_clean, read_checkpoint
 from tensorsafe.errors import MissingFileError, ParseError, TensorsafeError, UnreadableFileError, UsageError
 from tensorsafe.pickles.policy import Policy
+from tensorsafe.readers.safetensors.model import HeaderFormatError
+from tensorsafe.readers.safetensors.read import read_tensor_refs
 from tensorsafe.pickles.reader import Opaque, ParameterRef, TypedStorage
-from tensorsafe.sniff import Kind, sniff
-from tensorsafe.tensors import DTYPES, DType, StorageRef, TensorRef, contiguous_strides
+from tensorsafe.readers.sniff import Kind, sniff
+from tensorsafe.tensors import DType, StorageRef, TensorRef
 
 Framework = Literal["torch", "numpy"]
 _PLAIN = (type(None), bool, int, float, complex, str, bytes, bytearray)
@@ -90,22 +92,12 @@ def _require_file(path: str) -> None:
 
 
 def _safetensors_refs(span: Span) -> dict[str, TensorRef]:
-    from tensorsafe.header.model import HeaderFormatError
-    from tensorsafe.header.validator import read_checked_header
-
     try:
-        header = read_checked_header(span)
+        return read_tensor_refs(span)[1]
     except HeaderFormatError as exc:
         raise ParseError(f"not a valid safetensors file: {exc}") from None
-    out: dict[str, TensorRef] = {}
-    for name, dtype_name, shape, begin, end in header.table.rows():
-        dtype = DTYPES.get(dtype_name)
-        if dtype is None:
-            raise UsageError(f"tensor {name!r} has dtype {dtype_name}, which tensorsafe cannot load", location=name)
-        shape = tuple(shape)
-        storage = StorageRef(name, header.data_start + begin, end - begin)
-        out[name] = TensorRef(dtype, shape, contiguous_strides(shape), 0, storage)
-    return out
+    except ParseError as exc:  # a valid file with a dtype no array type holds (the sub-byte floats)
+        raise UsageError(exc.message, location=exc.location) from None
 
 
 class _Materializer:

@@ -5,7 +5,7 @@ the folder the command runs in, never a file found near the scanned paths (an up
     benign = ["mypackage.callbacks:MyCallback"]  # reported, not failed
     allow_unscanned = false                      # let files no reader identifies pass (never model extensions)
 
-    [limits]                                     # safetensors header limits (tensorsafe.header.limits)
+    [limits]                                     # safetensors header limits (tensorsafe.limits)
     max_tensors = 500_000
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tensorsafe.errors import PolicyFileError
-from tensorsafe.header.limits import DEFAULT_LIMITS, HeaderLimits
+from tensorsafe.limits import DEFAULT_LIMITS, HeaderLimits
 from tensorsafe.pickles.policy import DEFAULT_POLICY, Policy
 from tensorsafe.report import PolicyInfo
 
@@ -132,7 +132,8 @@ def cwd_config(cwd: str | os.PathLike | None = None) -> PolicyConfig:
     pyproject = find_cwd_config(cwd)
     if pyproject is None:
         return PolicyConfig()
-    return _config(_read_table(pyproject), f"{pyproject} {PYPROJECT_TABLE}")
+    table = _read_table(pyproject)
+    return _config(table or {}, f"{pyproject} {PYPROJECT_TABLE}")
 
 
 def config_path(source: str) -> str | None:

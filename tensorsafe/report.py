@@ -88,7 +88,8 @@ class Finding:
 
     def __str__(self) -> str:
         where = f" [{self.location}]" if str(self.location) else ""
-        return f"{self.path}{where}: {self.rule_id} {self.outcome.value}: {self.message}"
+        outcome = self.outcome.value if self.outcome is not None else rule(self.rule_id).outcome.value
+        return f"{self.path}{where}: {self.rule_id} {outcome}: {self.message}"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from tensorsafe import __version__
+from tensorsafe.version import __version__
 from tensorsafe.report import Finding, Report
 from tensorsafe.rules import RULES, Outcome, Rule, Severity
 

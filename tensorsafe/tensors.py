@@ -39,6 +39,21 @@ BY_STORAGE_NAME: dict[str, DType] = {
 }
 
 
+SUB_BYTE_BITS: dict[str, int] = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+"""safetensors' packed sub-byte floats (MXFP4 E2M1, MXFP6; since 0.6.0): known to the format, not read as tensors."""
+DTYPE_BITS: dict[str, int] = {**{name: d.itemsize * 8 for name, d in DTYPES.items()}, **SUB_BYTE_BITS}
+"""Every safetensors dtype and its size in bits (case-sensitive; anything else is ST-F11)."""
+FLOAT_DTYPES: frozenset[str] = frozenset({"F64", "F32", "F16", "BF16"} | {n for n in DTYPES if n.startswith("F8_")})
+"""Real floating dtypes (complex and sub-byte ones excluded)."""
+STORAGE_ELEMENT_SIZE: dict[str, int] = {
+    **{name: d.itemsize for name, d in BY_STORAGE_NAME.items()},
+    "QInt8Storage": 1, "QUInt8Storage": 1, "QInt32Storage": 4, "QUInt4x2Storage": 1, "QUInt2x4Storage": 1,
+    "UntypedStorage": 1,
+}
+"""Element sizes of torch storage types by the name a pickle uses (quantized ones included: the scanner
+sizes their bytes; the reader refuses them)."""
+
+
 @dataclass(frozen=True)
 class StorageRef:
     """A storage's bytes: ``nbytes`` at ``offset`` in the file (``member`` names its zip member)."""

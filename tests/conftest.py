@@ -73,7 +73,7 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent-harnesses.json"))
-    monkeypatch.setattr("tensorsafe.hub.HTTP_RETRIES", 0)
+    monkeypatch.setattr("tensorsafe.hub.client.HTTP_RETRIES", 0)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     yield fake
     fake.stop()

@@ -2,7 +2,7 @@
 security status), repo info, and ``resolve`` with HEAD, ETag, X-Repo-Commit and HTTP range
 requests. It counts the body bytes it serves per file (before writing them, so a client that has
 its bytes finds them counted), so tests can assert what a scan transferred. ``FakeHub.faults`` makes it
-misbehave as a hostile or broken server would (tests/test_hub_bounds.py).
+misbehave as a hostile or broken server would (tests/hub/test_hub_bounds.py).
 """
 from __future__ import annotations
 

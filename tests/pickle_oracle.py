@@ -53,7 +53,7 @@ loader does reach before its first error. Loaders outside this list (dill, cloud
 the oldest torch tar layout) are not modelled: their members are only followed as plain files.
 Nor is ``_pickle`` reading a file object without ``peek`` (``torch.load`` of a zip member): a
 read that crosses a frame's end is taken afresh from after the frame there; the scanner fails
-every such stream (PK-S06), which tests/test_pickle_framing.py checks against the real unpicklers.
+every such stream (PK-S06), which tests/pickles/test_pickle_framing.py checks against the real unpicklers.
 """
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ def _token_folder(pad: str) -> Path:
     import shutil
     import tempfile
 
-    from tensorsafe.convert.tokenizer import tokenizer_files
+    from tensorsafe.converter.tokenizer import tokenizer_files
 
     folder = Path(tempfile.mkdtemp(prefix="tensorsafe-tok-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
@@ -134,7 +134,7 @@ def _token_folder(pad: str) -> Path:
 
 def save_folder(case: str, dst: Path) -> Path:
     """The case saved as a diffusers folder, with the converter's tokenizer files."""
-    from tensorsafe.convert.tokenizer import tokenizer_files
+    from tensorsafe.converter.tokenizer import tokenizer_files
 
     _quiet()
     pipe = build_pipeline(case)
@@ -168,7 +168,7 @@ def saved_folder(case: str) -> Path:
 
 def task_inputs(case: str) -> dict:
     """The inputs ``tensorsafe.pipeline.render`` generates for this case's model."""
-    from tensorsafe.pipeline.render import generated_inputs
+    from tensorsafe.pipeline.images import generated_inputs
 
     family, in_channels = CASES[case][:2]
     task = {9: "inpaint", 5: "depth", 8: "pix2pix"}.get(in_channels,

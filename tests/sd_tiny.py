@@ -113,7 +113,7 @@ def execute(plan, tensors: dict) -> dict:
     """Run a plan with torch (the test's stand-in for the streaming writer): (component, key) -> tensor."""
     import torch
 
-    from tensorsafe.convert.plan import Op
+    from tensorsafe.converter.plan import Op
 
     out = {}
     for t in plan.targets:
@@ -141,7 +141,7 @@ CASE_IDS = [f"{f}-{c}ch" for f, c in CASES]
 
 
 def folder_detection(family: str, in_channels: int = 4):
-    from tensorsafe.convert import families
+    from tensorsafe.converter import families
 
     ms = models(family, in_channels)
     configs = {c: dict(m.config) for c, m in ms.items() if not c.startswith("text_encoder")}
@@ -151,7 +151,7 @@ def folder_detection(family: str, in_channels: int = 4):
 
 def to_single_file(family: str, in_channels: int = 4):
     """The tiny folder as a single file: (plan, orig key -> tensor)."""
-    from tensorsafe.convert import keymaps
+    from tensorsafe.converter import keymaps
 
     plan = keymaps.plan_to_single_file(folder_shapes(family, in_channels),
                                        folder_detection(family, in_channels))

@@ -5,7 +5,7 @@ import json
 import random
 import struct
 
-from tensorsafe.header.dtypes import DTYPE_BITS
+from tensorsafe.readers.safetensors.dtypes import DTYPE_BITS
 
 
 def nbytes(dtype: str, shape: tuple[int, ...]) -> int:

@@ -19,7 +19,7 @@ from safetensors.numpy import save as st_save
 
 import tensorsafe
 from tensorsafe.batch import collect, scan_many, validate_many
-from tensorsafe.cli import main
+from tensorsafe.cli.main import main
 from tests import pickle_ops as op
 
 SYSTEM = op.call_system()

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import tensorsafe
-from tensorsafe.cli import main
+from tensorsafe.cli.main import main
 from tests import pickle_ops as op
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "models"
@@ -30,11 +30,11 @@ def _loaded_after(code: str) -> dict:
 
 
 def _scan_code(*paths: Path) -> str:
-    return f"from tensorsafe.cli import main\nmain(['scan', *{[str(p) for p in paths]!r}])"
+    return f"from tensorsafe.cli.main import main\nmain(['scan', *{[str(p) for p in paths]!r}])"
 
 
 def test_importing_the_cli_loads_no_heavy_package():
-    assert _loaded_after("import tensorsafe.cli")["heavy"] == []
+    assert _loaded_after("import tensorsafe.cli.main")["heavy"] == []
 
 
 def test_importing_the_package_loads_no_heavy_package():
@@ -75,8 +75,8 @@ def test_other_dtypes_are_still_judged_by_numpy(tmp_path):
     ("<f4", False), ("|b1", False), (">c16", False), ("|O", True), ("O", True), ("<f4,O", True), ("object", True),
 ])
 def test_object_dtypes_never_take_the_plain_path(descr, has_object):
-    from tensorsafe.blob import Span
-    from tensorsafe.containers.numpy_files import read_npy_header
+    from tensorsafe.readers.blob import Span
+    from tensorsafe.readers.numpy_files import read_npy_header
 
     assert read_npy_header(Span.of_bytes(_npy(descr))).has_object is has_object
 
@@ -91,8 +91,7 @@ def test_lazy_commands_are_listed_and_run():
 
 
 def test_lazy_public_names_resolve_to_the_real_objects():
-    from tensorsafe.header.validator import validate
-    from tensorsafe.scanner import scan
+    from tensorsafe.api import scan, validate
 
     assert tensorsafe.scan is scan and tensorsafe.validate is validate
     assert set(tensorsafe.__all__) <= set(dir(tensorsafe))

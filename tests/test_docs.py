@@ -65,7 +65,7 @@ def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
 
 
 def test_every_cli_command_and_option_is_on_the_cli_page():
-    from tensorsafe.cli import main
+    from tensorsafe.cli.main import main
 
     sections = _sections((DOCS / "cli.md").read_text(encoding="utf-8"), "##")
     seen = 0

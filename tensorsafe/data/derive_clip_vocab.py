@@ -2,7 +2,7 @@
 
 All Stable Diffusion tokenizers (SD1, SD2, SDXL, both SDXL towers) are the same OpenAI CLIP BPE with
 49408 ids; they differ only in the pad token, which lives in the small JSON files written by
-``tensorsafe.convert.tokenizer``. The merge list ``bpe_simple_vocab_16e6.txt.gz`` (MIT, OpenAI) ships
+``tensorsafe.converter.tokenizer``. The merge list ``bpe_simple_vocab_16e6.txt.gz`` (MIT, OpenAI) ships
 inside the ``open-clip-torch`` wheel, which needs no torch to download::
 
     pip download open-clip-torch --no-deps -d /tmp/oc

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 from tensorsafe.errors import PolicyFileError
 
@@ -345,7 +345,7 @@ class Policy:
         self.allowed = dict(ALLOWED if allowed is None else allowed)
         self.benign = dict(BENIGN if benign is None else benign)
 
-    def extended(self, allow: list[str] = (), benign: list[str] = (), source: str = "policy") -> "Policy":
+    def extended(self, allow: Iterable[str] = (), benign: Iterable[str] = (), source: str = "policy") -> "Policy":
         """A copy with more entries; entries known to be dangerous are refused, not allowed."""
         new = Policy(self.allowed, self.benign)
         new.allow_unscanned, new.source, new.header_limits = self.allow_unscanned, self.source, self.header_limits

@@ -18,16 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
+from tensorsafe.limits import MAX_OPCODES, MAX_MEMO_ENTRIES, MAX_VALUES
 from tensorsafe.errors import LimitExceeded, ParseError, PickleParseError
 from tensorsafe.pickles.values import BytesRef, Call, Global, OutOfBand, PersistentRef, Unresolved
 
-MAX_OPCODES = 100_000_000
-MAX_MEMO_ENTRIES = 20_000_000
-MAX_VALUES = 10_000_000
-"""Most values the walk may hold at once: on its stack, in its memo, and inside the containers it
-built (items moved off the stack are counted, never uncounted). Each is a small object (about 100
-bytes), so a walk's memory is bounded by this, plus the argument bytes it copies (at most the
-stream's own size), whatever the stream's opcode count."""
 INLINE_BYTES_LIMIT = 1 << 20
 """Bytes arguments longer than this stay in the source buffer as a ``BytesRef``."""
 DEADLINE_CHECK_INTERVAL = 1 << 15
@@ -279,7 +273,7 @@ class Walker:
         # (this loop is the scanner's hot path). Every check the helpers make is made here too;
         # on a failed check the helper is called, or its error raised, so errors read the same.
         # REDUCE and BINPERSID build their Call / PersistentRef without the __init__ call (every
-        # slot set here; tests/test_walker_fast_paths.py checks them against the constructors).
+        # slot set here; tests/pickles/test_walker_fast_paths.py checks them against the constructors).
         #
         # Invariants that make it fast:
         # - ``fence`` is always ``marks[-1] if marks else 0``: set where the loop changes ``marks``,

@@ -31,7 +31,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tensorsafe.converter.sources import component_weight_files
 from tensorsafe.errors import LimitExceeded, ParseError, option
+from tensorsafe.paths import contained
+from tensorsafe.readers.safetensors.layout import FileSource
+from tensorsafe.readers.safetensors.model import HeaderFormatError
+from tensorsafe.readers.safetensors.read import read_checked_header
+from tensorsafe.tensors import DTYPE_BITS, DTYPES, FLOAT_DTYPES
 
 MEMORY_FRACTION = 0.5          # default max_memory_bytes: this share of the machine's RAM
 GPU_MEMORY_FRACTION = 0.9      # ... or of the GPU's memory when rendering on CUDA
@@ -43,9 +49,7 @@ PIXEL_BYTES = 192              # generated inputs, float image, PNG conversion, 
 RESNET_WORK = 8                # a resnet block: input, normed copy, conv outputs and oneDNN reorders, x channels
 TRANSFORMER_WORK = 28          # a transformer block holds ~ 28 x channels per token
 UPSAMPLE_WORK = 12             # input + nearest x2 + conv (4 + 4), and reorders
-FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E4M3FNUZ": 1,
-               "F8_E5M2FNUZ": 1, "F8_E8M0": 1}
-WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # as tensorsafe.convert.sources reads a component
+FLOAT_BYTES = {name: DTYPES[name].itemsize for name in FLOAT_DTYPES}
 
 
 @dataclass(frozen=True)
@@ -88,23 +92,8 @@ def human(n: float) -> str:
 # ---- weights --------------------------------------------------------------------------------------------------
 
 def weight_files(folder: Path) -> list[Path]:
-    """The files ``open_folder_component`` would read, in the same order of preference."""
-    from tensorsafe.pipeline.configs import read_config
-
-    for stem in WEIGHT_NAMES:
-        index = folder / f"{stem}.safetensors.index.json"
-        if index.is_file():
-            weight_map = read_config(index).get("weight_map")
-            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-                raise ParseError("weight_map must map tensor names to file names", path=index)
-            files = [folder / name for name in sorted(set(weight_map.values()))]
-        else:
-            files = [folder / f"{stem}.safetensors"]
-        if not all(f.is_file() for f in files):
-            files = [folder / f"{stem}.bin"]
-        if all(f.is_file() for f in files):
-            return files
-    return []
+    """The files ``open_folder_component`` reads, in the same order of preference."""
+    return component_weight_files(contained(folder, allow_symlinks=True)) or []
 
 
 def component_weights(folder: Path, compute_bytes: int) -> Weights:
@@ -126,19 +115,14 @@ def component_weights(folder: Path, compute_bytes: int) -> Weights:
 
 
 def _safetensors_weights(path: Path, compute_bytes: int) -> tuple[int, int]:
-    from tensorsafe.header.dtypes import DTYPE_BITS
-    from tensorsafe.header.layout import FileSource, read_header
-    from tensorsafe.header.model import HeaderFormatError
-    from tensorsafe.header.parse import parse_header
-
     try:
         with FileSource(path) as src:
-            header = parse_header(read_header(src))
+            header = read_checked_header(src)
     except HeaderFormatError as exc:
         raise ParseError(f"not a valid safetensors file: {exc.message}", path=path) from None
     table = header.table
     stored = compute = 0
-    for dtype, begin, end in zip(table.dtypes, table.begins.tolist(), table.ends.tolist()):
+    for dtype, begin, end in zip(table.dtypes, table.begins, table.ends):
         size = max(0, end - begin)
         stored += size
         if dtype in FLOAT_BYTES:

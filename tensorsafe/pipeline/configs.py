@@ -21,7 +21,7 @@ MAX_CONFIG_BYTES = 16 << 20  # a diffusers config is a few KiB; a shard index of
 
 def read_config(path: Path) -> dict:
     """A component's JSON config (or shard index), refused unread when it is over ``MAX_CONFIG_BYTES``."""
-    from tensorsafe.convert.configs import read_json_object
+    from tensorsafe.converter.configs import read_json_object
 
     try:
         size = path.stat().st_size

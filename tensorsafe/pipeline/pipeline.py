@@ -16,13 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tensorsafe.convert.sources import check_folder
+from tensorsafe.converter.sources import check_folder
 from tensorsafe.errors import ParseError, UsageError, option
 from tensorsafe.paths import Contained
 from tensorsafe.pipeline import budget
 from tensorsafe.pipeline import text_encoder as te
 from tensorsafe.pipeline.preflight import ENCODERS, read_folder_configs
 from tensorsafe.pipeline.schedulers import make_scheduler
+from tensorsafe.pipeline.tasks import channel_task, task_of
 from tensorsafe.pipeline.tokenizer import CLIPTokenizer
 from tensorsafe.pipeline.unet import UNet2DConditionModel
 from tensorsafe.pipeline.vae import AutoencoderKL, canonical_state, draw_noise
@@ -140,12 +141,16 @@ class Pipeline:
     @property
     def task(self) -> str:
         """``text2img``, ``img2img`` (SDXL refiner), ``inpaint``, ``depth`` or ``pix2pix``."""
-        extra = self.in_channels - self.latent_channels
-        if extra == 0:
+        task = channel_task(self.in_channels, self.latent_channels)
+        if task == "text2img":
             refiner = self.model_index.get("_class_name", "").endswith("Img2ImgPipeline") or \
                 self.model_index.get("requires_aesthetics_score") or self._time_ids_count() == 5
             return "img2img" if refiner else "text2img"
-        return {self.latent_channels + 1: "inpaint", 1: "depth", self.latent_channels: "pix2pix"}.get(extra, "unknown")
+        return task
+
+    def task_for(self, image) -> str:
+        """The task of a render: the model's, except that a text-to-image model given a picture does img2img."""
+        return task_of(self.task, image is not None)
 
     def default_size(self) -> int:
         return (self.unet.config.get("sample_size") or DEFAULT_SAMPLE_SIZE) * self.vae.scale_factor
@@ -213,13 +218,14 @@ class Pipeline:
                  progress=None, max_memory_bytes: int | None = None) -> Rendered:
         """Render one image. ``image`` and ``mask`` are PIL images, ``depth`` a 2-D array (larger is nearer):
         img2img (SDXL refiner) and pix2pix take ``image``, inpaint ``image`` and ``mask``, depth ``image``
-        and ``depth``; ``strength`` < 1 keeps part of an img2img/depth input, ``image_guidance`` is pix2pix's.
+        and ``depth``; a text-to-image model given ``image`` does img2img; ``strength`` < 1 keeps part of an
+        img2img, inpaint or depth input, ``image_guidance`` is pix2pix's.
 
         Options out of their sane range, and a render whose memory estimate is over ``max_memory_bytes``
         (default: see :mod:`tensorsafe.pipeline.budget`), are refused before anything is allocated."""
         check_options(steps=steps, guidance=guidance, seed=seed, strength=strength, prompt=prompt,
                       negative_prompt=negative_prompt, max_memory_bytes=max_memory_bytes)
-        task = self.task
+        task = self.task_for(image)
         height, width = self._size(height, width, image)
         budget.require_within(self.estimate(width, height, guidance), max_memory_bytes, str(self.device))
         sched = make_scheduler(scheduler, self.scheduler_config)
@@ -249,7 +255,11 @@ class Pipeline:
         if task == "text2img":
             return noise() * sched.init_noise_sigma, []
         if task == "inpaint":  # noise first, then the masked image's latents (a VAE sample)
-            latents = noise() * sched.init_noise_sigma
+            if start > 0:  # strength < 1: the image's latents (a first VAE sample), noised as img2img does
+                init = self.vae_latents(self._pixels(_need(inputs, "image", task), height, width), generator)
+                latents = sched.add_noise(init, noise(), start)
+            else:
+                latents = noise() * sched.init_noise_sigma
             return latents, self._inpaint_inputs(_need(inputs, "image", task), _need(inputs, "mask", task), height,
                                                  width, generator, copies)
         if task == "pix2pix":  # the image's latents: the distribution's mode, unscaled; zeros for the uncond row
@@ -343,9 +353,10 @@ def _start_index(task: str, steps: int, strength: float) -> int:
     """First step index: img2img-style pipelines skip ``steps - int(steps * strength)`` steps (as diffusers)."""
     if not 0.0 < strength <= 1.0:
         raise UsageError(f"strength must be in (0, 1], not {strength}")
-    if task not in ("img2img", "depth"):
+    if task not in ("img2img", "depth", "inpaint"):
         if strength != 1.0:
-            raise UsageError(f"strength applies to img2img and depth models; a {task} model renders at 1.0")
+            hint = ": give an input image to render img2img" if task == "text2img" else ""
+            raise UsageError(f"strength applies to img2img, inpaint and depth renders, not {task}{hint}")
         return 0
     start = steps - min(int(steps * strength), steps)
     if start >= steps:

@@ -2,9 +2,10 @@
 
 A single file is converted into a temporary diffusers folder first (the same converter as
 ``tensorsafe convert``, so what renders is what a conversion writes), loaded, and the folder
-removed. Models that need an input picture get a generated one: inpainting a smooth colour field
-with an elliptical mask, depth a radial depth map, the SDXL refiner (img2img) and instruct-pix2pix
-the colour field.
+removed. Models that need an input picture take the caller's (``image``, ``mask``, ``depth_map``;
+a text-to-image model given an ``image`` does img2img) or get a generated one: inpainting a smooth
+colour field with an elliptical mask, depth a radial depth map, the SDXL refiner (img2img) and
+instruct-pix2pix the colour field (:mod:`tensorsafe.pipeline.tasks`).
 The PNG carries the prompt and every setting in its text chunks.
 """
 from __future__ import annotations
@@ -15,12 +16,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 
-from tensorsafe.convert.sources import check_folder
+from tensorsafe.converter.sources import check_folder
 from tensorsafe.errors import RenderError, TensorsafeError, UsageError, option
 from tensorsafe.pipeline.configs import read_config
 from tensorsafe.pipeline.preflight import plan_render
+from tensorsafe.pipeline.sizing import capped_size
+from tensorsafe.pipeline.tasks import GivenInputs, fits_configs, plan_task
 from tensorsafe.pipeline.validate import check_options, check_side
 
 SCHEDULER_NAMES = {"euler": "Euler", "ddim": "DDIM"}
@@ -30,13 +32,30 @@ CHECK_STEPS = 4
 
 def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, steps: int = 20,
            size: int | tuple[int, int] | None = None, seed: int = 0, guidance: float = 7.5, scheduler: str = "euler",
-           device: str = "cpu", dtype: str = "fp32", strength: float = 1.0, output: str | os.PathLike | None = None,
+           device: str = "cpu", dtype: str = "fp32", strength: float | None = None,
+           output: str | os.PathLike | None = None,
            config: str | os.PathLike | None = None, model_type: str | None = None,
            prediction_type: str | None = None, progress: Callable[[int, int], None] | None = None,
-           max_memory_bytes: int | None = None, allow_symlinks: bool = False):
+           max_memory_bytes: int | None = None, allow_symlinks: bool = False, loras=(), embeddings=(),
+           vae: str | os.PathLike | None = None, image=None, mask=None, depth_map=None,
+           image_guidance: float | None = None, default_max_side: int | None = None):
     """Render ``prompt`` with the model at ``path`` and return a ``PIL.Image`` (written to ``output`` if given).
 
-    ``size`` is one side or ``(width, height)``, default the model's native size; ``config``,
+    ``loras``: LoRA files (kohya or diffusers format) as ``"FILE"``, ``"FILE:SCALE"`` or ``(FILE, SCALE)``,
+    fused as diffusers' ``load_lora_weights`` + ``fuse_lora`` do; ``embeddings``: textual-inversion files
+    whose tokens the prompt may use; ``vae``: a VAE file whose weights replace the model's
+    (:mod:`tensorsafe.pipeline.adapters`).
+
+    Input pictures (a file path or a ``PIL.Image``; ``depth_map`` also a 2-D array, larger nearer):
+    ``image`` makes a text-to-image model do img2img and is what inpaint, depth and instruct-pix2pix
+    models start from, ``mask`` (white is repainted) is for inpainting models, ``depth_map`` for depth
+    models; what such a model needs and is not given is made up (:mod:`tensorsafe.pipeline.tasks`).
+    ``strength`` (default: diffusers' for the task, 1.0 for a made-up picture) is how much of the
+    picture is repainted; ``image_guidance`` is instruct-pix2pix's image guidance scale (default 1.5).
+
+    ``size`` is one side or ``(width, height)``, default the input image's size (rounded down to a
+    multiple of 8) or else the model's native size, capped at ``default_max_side`` when that is given
+    (the CLI's short first render on a CPU, :mod:`tensorsafe.pipeline.sizing`); ``config``,
     ``model_type`` and ``prediction_type`` are passed to the converter for single files.
 
     Before torch builds or allocates anything, every config value and option is checked against
@@ -50,27 +69,36 @@ def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, s
     src = Path(path)
     if not src.exists():
         raise UsageError(f"{src} does not exist", path=src)
-    check_options(steps=steps, guidance=guidance, seed=seed, strength=strength, prompt=prompt,
+    given = GivenInputs.load(image=image, mask=mask, depth_map=depth_map)  # before any model is read
+    size = given.size() if size is None else size
+    check_options(steps=steps, guidance=guidance, seed=seed, strength=1.0 if strength is None else strength,
+                  prompt=prompt,
                   negative_prompt=negative_prompt, max_memory_bytes=max_memory_bytes)
     if scheduler not in SCHEDULER_NAMES:
         raise UsageError(f"scheduler must be one of {', '.join(SCHEDULER_NAMES)}, not {scheduler!r}")
-    plan = {"steps": steps, "guidance": guidance, "seed": seed, "strength": strength, "prompt": prompt,
+    plan = {"steps": steps, "guidance": guidance, "seed": seed, "strength": 1.0 if strength is None else strength,
+            "prompt": prompt,
             "negative_prompt": negative_prompt, "dtype": dtype, "device": device, "max_memory_bytes": max_memory_bytes}
     if src.is_dir():
         check_folder(src, allow_symlinks=allow_symlinks)  # before the preflight reads any of it
-        _, (width, height), _ = plan_render(src, size, **plan)
+        configs, (width, height), _ = plan_render(src, capped_size(src, size, default_max_side), **plan)
+        fits_configs(configs, given, image_guidance)
         from tensorsafe.pipeline.pipeline import Pipeline
 
         pipe = Pipeline.from_folder(src, device=device, dtype=dtype, allow_symlinks=allow_symlinks)
     else:
         _image_size(size)  # the ranges, before converting; the VAE's multiple once the folder exists
         pipe, (width, height) = _from_single_file(src, size, plan, config, model_type, prediction_type,
-                                                  allow_symlinks)
-    inputs = generated_inputs(pipe.task, width, height)
+                                                  allow_symlinks, default_max_side,
+                                                  lambda configs: fits_configs(configs, given, image_guidance))
+    from tensorsafe.pipeline.adapters import apply_adapters
+
+    adapters = apply_adapters(pipe, loras=loras, embeddings=embeddings, vae=vae)
+    job = plan_task(pipe.task, width, height, given, strength=strength, image_guidance=image_guidance)
     try:
         result = pipe(prompt, negative_prompt, steps=steps, height=height, width=width, seed=seed, guidance=guidance,
-                      scheduler=scheduler, strength=strength, progress=progress, max_memory_bytes=max_memory_bytes,
-                      **inputs)
+                      scheduler=scheduler, progress=progress, max_memory_bytes=max_memory_bytes,
+                      **job.pipeline_kwargs())
     except (MemoryError, RuntimeError) as exc:
         if isinstance(exc, MemoryError) or _out_of_memory(exc):
             raise RenderError(f"ran out of memory rendering {width}x{height} ({str(exc).splitlines()[0][:120]}); "
@@ -79,8 +107,10 @@ def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, s
     _require_finite(result, src, dtype)
     image = result.to_pil()
     settings = {"prompt": prompt, "negative_prompt": negative_prompt, "steps": steps, "size": [width, height],
-                "seed": seed, "guidance": guidance, "scheduler": scheduler, "strength": strength, "device": device,
-                "dtype": dtype, "task": pipe.task, "model": src.name}
+                "seed": seed, "guidance": guidance, "scheduler": scheduler, "device": device,
+                "dtype": dtype, **job.settings(), "model": src.name,
+                **({"native_size": pipe.default_size()} if size is None and pipe.default_size() > max(width, height)
+                   else {}), **({"adapters": adapters} if adapters else {})}
     image.info.update(png_text(settings))
     if output is not None:
         save_png(image, output)
@@ -94,8 +124,12 @@ def _out_of_memory(exc: RuntimeError) -> bool:
 
 def check_render(path: str | os.PathLike, *, output: str | os.PathLike | None = None, prompt: str = CHECK_PROMPT,
                  steps: int = CHECK_STEPS, size: int | tuple[int, int] | None = None, seed: int = 0,
-                 device: str = "cpu", dtype: str = "fp32", max_memory_bytes: int | None = None) -> Path:
+                 device: str = "cpu", dtype: str = "fp32", max_memory_bytes: int | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Path:
     """Render a small picture from a converted model to confirm it works; returns the PNG's path.
+
+    The task is the model's (inpaint, depth, instruct-pix2pix, the refiner's img2img), from made-up
+    input pictures (:mod:`tensorsafe.pipeline.tasks`); ``progress(done, total)`` is called after each step.
 
     The default size is a quarter of the model's native side (128 for SD1, 192 for 768-v SD2, 256
     for SDXL): enough for every block of the UNet and the VAE to run, cheap enough on a CPU. The PNG
@@ -109,7 +143,7 @@ def check_render(path: str | os.PathLike, *, output: str | os.PathLike | None = 
     if size is None:
         size = _check_size(src)
     render(src, prompt, steps=steps, size=size, seed=seed, device=device, dtype=dtype, output=output,
-           max_memory_bytes=max_memory_bytes)
+           max_memory_bytes=max_memory_bytes, progress=progress)
     return Path(output)
 
 
@@ -135,15 +169,18 @@ def _require_finite(result, src: Path, dtype: str) -> None:
                               path=src)
 
 
-def _from_single_file(src: Path, size, plan: dict, config, model_type, prediction_type, allow_symlinks: bool):
+def _from_single_file(src: Path, size, plan: dict, config, model_type, prediction_type, allow_symlinks: bool,
+                      default_max_side: int | None = None, before_load=None):
     """Convert into a temporary folder, check and estimate it as a folder, then load it."""
-    from tensorsafe.convert.run import convert
+    from tensorsafe.converter.run import convert
 
     with tempfile.TemporaryDirectory(prefix="tensorsafe-render-") as tmp:
         folder = Path(tmp) / "model"
         convert(src, folder, config=str(config) if config else None, model_type=model_type,
                 prediction_type=prediction_type, allow_symlinks=allow_symlinks)
-        _, sides, _ = plan_render(folder, size, **plan)
+        configs, sides, _ = plan_render(folder, capped_size(folder, size, default_max_side), **plan)
+        if before_load is not None:
+            before_load(configs)
         from tensorsafe.pipeline.pipeline import Pipeline
 
         pipe = Pipeline.from_folder(folder, device=plan["device"], dtype=plan["dtype"])
@@ -162,55 +199,11 @@ def _image_size(size) -> None:
         check_side(name, side, 1)
 
 
-# ---- generated inputs ------------------------------------------------------------------------------------
-
-def generated_inputs(task: str, width: int, height: int) -> dict:
-    """The input pictures a model of this task needs, made up deterministically."""
-    if task == "inpaint":
-        return {"image": colour_field(width, height), "mask": ellipse_mask(width, height)}
-    if task == "depth":
-        return {"image": colour_field(width, height), "depth": radial_depth(width, height)}
-    if task in ("img2img", "pix2pix"):
-        return {"image": colour_field(width, height)}
-    return {}
-
-
-def _grid(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    return x / max(width - 1, 1), y / max(height - 1, 1)
-
-
-def colour_field(width: int, height: int):
-    """A smooth RGB gradient: red left to right, green top to bottom, blue in a soft disc."""
-    from PIL import Image
-
-    x, y = _grid(width, height)
-    disc = np.clip(1.0 - 2.0 * np.hypot(x - 0.5, y - 0.5), 0.0, 1.0)
-    rgb = np.stack([x, y, disc], axis=-1)
-    return Image.fromarray((rgb * 255).round().astype(np.uint8), "RGB")
-
-
-def ellipse_mask(width: int, height: int):
-    """White (repaint) inside a centred ellipse half the picture's size, black outside."""
-    from PIL import Image
-
-    x, y = _grid(width, height)
-    inside = ((x - 0.5) / 0.25) ** 2 + ((y - 0.5) / 0.25) ** 2 <= 1.0
-    return Image.fromarray(np.where(inside, 255, 0).astype(np.uint8), "L")
-
-
-def radial_depth(width: int, height: int) -> np.ndarray:
-    """A depth map (larger is nearer, as DPT's output) of a sphere in front of a far wall."""
-    x, y = _grid(width, height)
-    r2 = (x - 0.5) ** 2 + (y - 0.5) ** 2
-    return np.sqrt(np.clip(0.16 - r2, 0.0, None)).astype(np.float32) + 0.1
-
-
 # ---- PNG ------------------------------------------------------------------------------------------------
 
 def png_text(settings: dict) -> dict[str, str]:
     """Text chunks: ``parameters`` in the A1111 form that image viewers read, ``tensorsafe`` as JSON."""
-    from tensorsafe import __version__
+    from tensorsafe.version import __version__
 
     w, h = settings["size"]
     line = (f"Steps: {settings['steps']}, Sampler: {SCHEDULER_NAMES.get(settings['scheduler'], settings['scheduler'])}"

@@ -58,6 +58,8 @@ class CLIPTokenizer:
         self._tok.add_special_tokens([AddedToken(t, normalized=False, special=True)
                                       for t in dict.fromkeys((special.bos, special.eos, special.unk, special.pad))])
         self.bos_id, self.eos_id, self.pad_id = (self._id(t) for t in (special.bos, special.eos, special.pad))
+        self.expansions: dict[str, str] = {}
+        """Multi-vector textual-inversion tokens: ``token`` -> ``token token_1 ...`` (diffusers' maybe_convert_prompt)."""
 
     @classmethod
     def from_folder(cls, folder: str | Path | None) -> CLIPTokenizer:
@@ -83,7 +85,26 @@ class CLIPTokenizer:
 
     def tokens(self, text: str) -> list[int]:
         """BPE ids of ``text`` with no special tokens added and no truncation."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        for token, replacement in self.expansions.items():
+            if self._tok.token_to_id(token) in ids:
+                text = text.replace(token, replacement)
+        return self._tok.encode(text, add_special_tokens=False).ids if self.expansions else ids
+
+    def add_embedding_tokens(self, token: str, count: int, path=None) -> int:
+        """A textual-inversion token as ``load_textual_inversion`` adds it (``token``, then ``token_1`` ...
+        for more vectors, each an added token as transformers' ``add_tokens`` makes it); returns the first
+        new id."""
+        names = [token] + [f"{token}_{i}" for i in range(1, count)]
+        taken = next((n for n in names if self._tok.token_to_id(n) is not None), None)
+        if taken is not None:
+            raise ParseError(f"the token {taken!r} is already in the tokenizer's vocabulary", path=path)
+        first = self._tok.get_vocab_size(with_added_tokens=True)
+        self._tok.add_tokens([AddedToken(n, normalized=True, special=False) for n in names])
+        if count > 1:
+            self.expansions[token] = " ".join(names)
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        return first
 
     def __call__(self, text: str) -> list[int]:
         n = self.special.max_length

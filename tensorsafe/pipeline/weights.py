@@ -1,7 +1,7 @@
 """Read one component of a diffusers folder with tensorsafe's safe readers and load it into a module.
 
 Files are validated (safetensors) or scanned and read without running pickle code (``.bin``) by
-:mod:`tensorsafe.convert.sources`. The module is built on the meta device from its config and the
+:mod:`tensorsafe.converter.sources`. The module is built on the meta device from its config and the
 tensors are assigned to it, so no random initialisation runs and nothing is held twice. Every
 tensor the config needs must be there with the shape the config implies, and nothing else may be:
 a mismatch is refused with the key, the expected and the found shape.
@@ -25,7 +25,7 @@ def read_tensors(folder: Path, root: Contained | None = None) -> tuple[dict[str,
     """Tensors of a component folder by key, and a name for the file(s) they came from.
 
     Every file read must lie inside ``root`` (the model folder; default ``folder``)."""
-    from tensorsafe.convert.sources import open_folder_component
+    from tensorsafe.converter.sources import open_folder_component
     from tensorsafe.load import to_torch
 
     source = open_folder_component(folder, root=root)

@@ -1,0 +1,3 @@
+from tensorsafe.cli.entry import main
+
+main()

@@ -1,1 +1,0 @@
-"""Readers for the containers pickles hide in: zip, tar, compressed streams, numpy, legacy torch."""

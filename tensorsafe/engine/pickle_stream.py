@@ -1,0 +1,146 @@
+"""Pickle streams: raw pickles, concatenated pickles and legacy (pre-1.6) ``torch.save`` files."""
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from tensorsafe.readers.blob import Span
+from tensorsafe.errors import LimitExceeded
+from tensorsafe.engine.joblib_arrays import JoblibArrays
+from tensorsafe.tensors import STORAGE_ELEMENT_SIZE
+from tensorsafe.pickles.values import Global, Unresolved
+from tensorsafe.pickles.walker import PickleTrace
+from tensorsafe.report import Location
+from tensorsafe.readers.sniff import TORCH_LEGACY_MAGIC_NUMBER
+
+if TYPE_CHECKING:
+    from tensorsafe.engine.scanner import FileScan
+
+_I8 = struct.Struct("<q").unpack_from
+LEGACY_PICKLES = ("protocol version", "system info", "main object", "storage keys")
+
+
+def looks_like_pickle(trace: PickleTrace) -> bool:
+    """Is a stream of unknown kind a pickle? It is when it reaches STOP, or when it imports a name
+    that a file on the import path could answer to before it breaks: code can only run through an
+    import. A name with white space (``mport os`` from a Python file that starts with ``import os``:
+    ``i`` is INST) is not taken as one, so source and text files are not reported as pickles; a
+    module file whose name holds white space is the residual risk (docs/threat-model.md)."""
+    if trace.stopped or isinstance(trace.error, LimitExceeded):
+        return True
+    return any(isinstance(g, Unresolved) or _importable(g.module) for g in trace.globals)
+
+
+def _importable(module: str) -> bool:
+    """The import system imports the first dotted part of a module before anything else."""
+    first = module.split(".")[0]
+    return bool(first) and not any(c.isspace() or c in "\0/" for c in first)
+
+
+def scan_pickle_stream(fs: "FileScan", span: Span, location: Location, depth: int, *, expected: bool) -> bool:
+    """Walk and judge the pickles of ``span``; False (nothing recorded) when it is no pickle."""
+    hook = JoblibArrays(fs, span, location, depth)
+    first = fs.walk(span.buf, span.start, span.end, hook)
+    if not expected and not looks_like_pickle(first):
+        return False
+    fs.note_kind("joblib" if hook.seen else "pickle")
+    _judge(fs, first, span, location, depth)
+    if hook.seen:
+        # pickle.load and torch.load read joblib's array bytes as opcodes: judge that view too
+        # (its parse errors are expected: only what it would import or call counts).
+        fs.judge(fs.walk(span.buf, span.start, span.end, hook.plain_view()), span, location, depth, structure=False)
+    if not first.stopped:
+        return True
+    if first.root == TORCH_LEGACY_MAGIC_NUMBER:
+        fs.kinds[-1] = "pytorch-legacy"
+        scan_legacy_rest(fs, span, first.end, location, depth)
+        return True
+    scan_after_stop(fs, span, first.end, location, depth, hook)
+    return True
+
+
+def _judge(fs: "FileScan", trace: PickleTrace, span: Span, location: Location, depth: int) -> None:
+    fs.judge(trace, span, location, depth)
+
+
+def scan_after_stop(fs: "FileScan", span: Span, pos: int, location: Location, depth: int,
+                    hook: JoblibArrays | None = None) -> None:
+    """Bytes after STOP: more pickles (each scanned) or trailing data (a finding)."""
+    count = 1
+    while pos < span.end:
+        if count >= fs.limits.max_pickles_per_stream:
+            fs.add("PK-L01", f"more than {count:,} pickles in one stream (limit MAX_PICKLES_PER_STREAM)",
+                   location.at(pos - span.start), "MAX_PICKLES_PER_STREAM")
+            return
+        nxt = fs.walk(span.buf, pos, span.end, hook)
+        if not looks_like_pickle(nxt):
+            fs.add("PK-S03", f"{span.end - pos:,} bytes after the last STOP do not form a pickle",
+                   location.at(pos - span.start))
+            return
+        if count == 1:
+            fs.add("PK-S04", "the stream holds more than one pickle; all were scanned", location.at(pos - span.start))
+        _judge(fs, nxt, span, location, depth)
+        count += 1
+        if not nxt.stopped:
+            return
+        pos = nxt.end
+
+
+def scan_legacy_rest(fs: "FileScan", span: Span, pos: int, location: Location, depth: int) -> None:
+    traces: list[PickleTrace] = []
+    for label in LEGACY_PICKLES:
+        trace = fs.walk(span.buf, pos, span.end)
+        _judge(fs, trace, span, location, depth)
+        if not trace.stopped:
+            return
+        traces.append(trace)
+        pos = trace.end
+    sizes = _storage_element_sizes(traces[2])
+    keys = traces[3].root
+    if sizes is None or not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        fs.add("TORCH-02", "storage references or the storage key list are not literal values",
+               location.at(pos - span.start))
+        return
+    end, read = span.end, span.reader_at()
+    for key in keys:
+        itemsize = sizes.get(key)
+        if itemsize is None:
+            fs.add("TORCH-02", f"storage key {key!r} is not referenced by the main object", location.at(pos - span.start))
+            return
+        if pos + 8 > end:
+            fs.add("TORCH-02", f"storage {key!r} is truncated", location.at(pos - span.start))
+            return
+        numel = _I8(read(pos, pos + 8))[0]  # a read (pread of a local file), not the buffer: it may be remote
+        pos += 8 + numel * itemsize
+        if numel < 0 or pos > span.end:
+            fs.add("TORCH-02", f"storage {key!r} declares {numel:,} elements, past the end of the file",
+                   location.at(pos - span.start))
+            return
+    if pos < span.end:
+        fs.add("TORCH-01", f"{span.end - pos:,} bytes follow the last storage", location.at(pos - span.start))
+        trailing = fs.walk(span.buf, pos, span.end)
+        if trailing.globals or trailing.calls:
+            _judge(fs, trailing, span, location.inside("<data after storages>"), depth)
+
+
+def _storage_element_sizes(main: PickleTrace) -> dict[str, int] | None:
+    sizes: dict[str, int] = {}
+    by_type: dict[int, int] = {}  # element size per storage type object: thousands of ids share a few
+    for ref in main.persistent:
+        pid = ref.pid
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            return None
+        storage_type, key = pid[1], pid[2]
+        if not isinstance(key, str):
+            return None
+        size = by_type.get(id(storage_type))
+        if size is None:
+            if not isinstance(storage_type, Global):
+                return None
+            size = STORAGE_ELEMENT_SIZE.get(storage_type.name)
+            if size is None:
+                return None
+            by_type[id(storage_type)] = size
+        sizes[key] = size
+    return sizes
+

@@ -1,0 +1,175 @@
+"""Container detection by magic bytes, never by the file name."""
+from __future__ import annotations
+
+import enum
+import struct
+
+from tensorsafe.readers.blob import Span
+from tensorsafe.readers.zip_directory import END_MAGIC, find_end_record
+from tensorsafe.readers.safetensors.layout import MAX_HEADER_BYTES
+
+ZIP_LOCAL_MAGIC = b"PK\x03\x04"
+ZIP_EMPTY_MAGIC = END_MAGIC
+NPY_MAGIC = b"\x93NUMPY"
+GZIP_MAGIC = b"\x1f\x8b"
+BZ2_MAGIC = b"BZh"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+LZMA_ALONE_MAGIC = b"\x5d\x00"
+"""joblib's prefix for the lzma "alone" format (properties byte 0x5d, then the dictionary size)."""
+LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
+ZSTD_FRAME_MAGIC = b"\x28\xb5\x2f\xfd"
+SKIPPABLE_FRAME = struct.Struct("<II")
+"""A skippable frame (magic 0x184D2A50-0x184D2A5F, then its size), which LZ4 and zstd readers skip."""
+MAX_SKIPPABLE_FRAMES = 64
+JOBLIB_ZFILE_MAGIC = b"ZF"
+"""joblib < 0.9.3 "Z-files": ``ZF``, the length in hex padded to 18 bytes, then a zlib stream."""
+JOBLIB_ZFILE_LENGTH_FIELD = 18
+UNOPENED_FORMATS = (
+    (b"7z\xbc\xaf\x27\x1c", "7z archive"),
+    (b"Rar!\x1a\x07\x00", "rar archive"),
+    (b"Rar!\x1a\x07\x01\x00", "rar archive"),
+    (b"LZIP", "lzip stream"),
+    (b"\x89LZO\x00\r\n\x1a\n", "lzop stream"),
+    (b"\xff\x06\x00\x00sNaPpY", "snappy framed stream"),
+    (b"MSCF\x00\x00\x00\x00", "cab archive"),
+    (b"!<arch>\n", "ar archive"),
+    (b"xar!", "xar archive"),
+    (b"hsqs", "squashfs image"),
+    (b"\x1f\x9d", "unix compress (.Z) stream"),
+    (b"\x1f\xa0", "lzh compress (.Z) stream"),
+)
+"""Archive and compression magics that tensorsafe does not open: each is ARC-06, never clean."""
+TAR_MAGIC_OFFSET = 257
+GGUF_MAGIC = b"GGUF"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+HDF5_USER_BLOCK_OFFSETS = tuple(512 << i for i in range(48))
+"""HDF5's superblock sits at 0 or after a user block of 512, 1024, 2048, ... bytes (the library searches these)."""
+TORCH_LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+"""The first object a legacy (pre-1.6) ``torch.save`` file pickles."""
+
+
+class Kind(str, enum.Enum):
+    ZIP = "zip"
+    TAR = "tar"
+    GZIP = "gzip"
+    BZ2 = "bz2"
+    XZ = "xz"
+    LZMA = "lzma"
+    ZLIB = "zlib"
+    LZ4 = "lz4"
+    ZSTD = "zstd"
+    JOBLIB_ZFILE = "joblib-zfile"
+    UNOPENED = "unopened"
+    NPY = "numpy"
+    SAFETENSORS = "safetensors"
+    GGUF = "gguf"
+    HDF5 = "hdf5"
+    PICKLE = "pickle"
+    UNKNOWN = "unknown"
+
+
+def sniff(span: Span) -> Kind:
+    """What the first bytes say the span is. ``UNKNOWN`` may still be a protocol-0/1 pickle."""
+    head = span.head(512)
+    if head.startswith(ZIP_LOCAL_MAGIC) or head.startswith(ZIP_EMPTY_MAGIC):
+        return Kind.ZIP
+    if head.startswith(NPY_MAGIC):
+        return Kind.NPY
+    if head.startswith(GGUF_MAGIC):
+        return Kind.GGUF
+    if head.startswith(HDF5_MAGIC):
+        return Kind.HDF5
+    if head.startswith(GZIP_MAGIC):
+        return Kind.GZIP
+    if head.startswith(BZ2_MAGIC) and len(head) > 3 and head[3:4] in b"123456789":
+        return Kind.BZ2
+    if head.startswith(XZ_MAGIC):
+        return Kind.XZ
+    if head.startswith(LZ4_FRAME_MAGIC):
+        return Kind.LZ4
+    if head.startswith(ZSTD_FRAME_MAGIC):
+        return Kind.ZSTD
+    if _is_skippable_frame(head):
+        return _after_skippable_frames(span)
+    if is_safetensors(span, head):
+        # Before the pickle check: a header length of 0x3?80 starts with the PROTO opcode. A valid
+        # header length (<= 100 MB) leaves at most 4 bytes before NUL bytes, too few for an import.
+        return Kind.SAFETENSORS
+    if len(head) > 2 and head[0] == 0x80 and head[1] <= 5:
+        return Kind.PICKLE
+    if head[TAR_MAGIC_OFFSET:TAR_MAGIC_OFFSET + 5] == b"ustar":
+        return Kind.TAR
+    if unopened_format(head) is not None:
+        return Kind.UNOPENED
+    if head.startswith(LZMA_ALONE_MAGIC):
+        return Kind.LZMA
+    if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0:
+        return Kind.ZLIB
+    if joblib_zfile_data_offset(head) is not None:
+        return Kind.JOBLIB_ZFILE
+    if hdf5_superblock(span) is not None:
+        return Kind.HDF5
+    return Kind.UNKNOWN
+
+
+def hdf5_superblock(span: Span) -> int | None:
+    """Offset of the HDF5 signature (0, or after a user block), or None."""
+    for offset in (0,) + HDF5_USER_BLOCK_OFFSETS:
+        if offset + len(HDF5_MAGIC) > span.size:
+            return None
+        if span.read(offset, len(HDF5_MAGIC)) == HDF5_MAGIC:
+            return offset
+    return None
+
+
+def unopened_format(head: bytes) -> str | None:
+    """The name of an archive or compression format that tensorsafe does not open, if ``head`` starts one."""
+    for magic, name in UNOPENED_FORMATS:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def _is_skippable_frame(head: bytes) -> bool:
+    return len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50
+
+
+def _after_skippable_frames(span: Span) -> Kind:
+    """LZ4 or zstd by the first frame after the skippable ones (their tools skip those frames);
+    zstd when no such frame follows, whose decoder then says what is wrong."""
+    pos = 0
+    for _ in range(MAX_SKIPPABLE_FRAMES):
+        head = span.read(pos, SKIPPABLE_FRAME.size)
+        if not _is_skippable_frame(head) or len(head) < SKIPPABLE_FRAME.size:
+            break
+        pos += SKIPPABLE_FRAME.size + SKIPPABLE_FRAME.unpack(head)[1]
+    return Kind.LZ4 if span.read(pos, 4) == LZ4_FRAME_MAGIC else Kind.ZSTD
+
+
+def joblib_zfile_data_offset(head: bytes) -> int | None:
+    """Where the zlib stream of a joblib Z-file starts (``numpy_pickle_compat.read_zfile``: the
+    length field is read with ``int(field, 16)``, then one space is skipped if present)."""
+    end = len(JOBLIB_ZFILE_MAGIC) + JOBLIB_ZFILE_LENGTH_FIELD
+    if not head.startswith(JOBLIB_ZFILE_MAGIC) or len(head) < end:
+        return None
+    try:
+        int(head[len(JOBLIB_ZFILE_MAGIC):end], 16)
+    except ValueError:
+        return None
+    return end + 1 if head[end:end + 1] == b" " else end
+
+
+def is_safetensors(span: Span, head: bytes | None = None) -> bool:
+    """8-byte little-endian header length that fits the file, then a JSON object."""
+    head = span.head(16) if head is None else head
+    if len(head) < 9:
+        return False
+    n = struct.unpack_from("<Q", head)[0]
+    if n == 0 or n > MAX_HEADER_BYTES or 8 + n > span.size:
+        return False
+    return head[8:].lstrip(b" \t\r\n")[:1] == b"{"
+
+
+def may_hold_zip_at_end(span: Span) -> bool:
+    """``zipfile.is_zipfile`` would say yes: it finds an end record (loaders open such files as archives)."""
+    return find_end_record(span) is not None
