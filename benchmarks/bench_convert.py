@@ -9,7 +9,9 @@ Inputs are single-file checkpoints with the real SD1.5 / SDXL-base key sets and 
 fp16 weights, written once into benchmarks/_data/ (gitignored) and reused: the diffusers key sets
 come from models built on torch's ``meta`` device (no weights in memory), tensorsafe's own
 reverse key map turns them into the single-file layout, and the streaming writer writes random
-bytes a piece at a time. A diffusers folder made from each file by ``tensorsafe convert`` is kept
+bytes a piece at a time; the same weights are also written by torch (a Lightning-style ``torch.save``
+``.ckpt``) and by ``safetensors.torch.save_file`` (as diffusers' own conversion script and the UIs write
+single files), so tensorsafe is also timed on files it did not write. A diffusers folder made from each file by ``tensorsafe convert`` is kept
 beside it: the input of the reverse conversion, and the ``config=`` folder diffusers needs offline.
 
 Every measured command is its own subprocess under ``/usr/bin/time -v``, so the peak RSS is that
@@ -165,6 +167,36 @@ def ensure_single_file(model: Model, tag: str) -> Path:
     return path
 
 
+def ensure_third_party(single: Path) -> dict[str, Path]:
+    """The same weights as other tools write them, so that tensorsafe is timed on files it did not write:
+    a Lightning-style ``.ckpt`` (``torch.save`` of ``{"state_dict": ..., "global_step": ...}``, a zip
+    pickle: what civitai-style sites serve) and a ``.safetensors`` file from ``safetensors.torch.save_file``
+    of a torch state dict (how diffusers' ``convert_diffusers_to_original_stable_diffusion.py`` and the UIs
+    write single files). Written once from the benchmark's own safetensors file (no pickle is read)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = {"torch.save .ckpt": single.with_name(single.stem + "_torch_save.ckpt"),
+           "save_file .safetensors": single.with_name(single.stem + "_save_file.safetensors")}
+    if all(p.is_file() for p in out.values()):
+        return out
+    started = time.perf_counter()
+    state = load_file(single)
+    for label, path in out.items():
+        if path.is_file():
+            continue
+        tmp = path.with_name(path.name + ".partial")
+        if path.suffix == ".ckpt":
+            torch.save({"state_dict": state, "global_step": 470000, "epoch": 6}, tmp)
+        else:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path)
+    del state
+    print(f"  wrote {', '.join(p.name for p in out.values())} with torch and safetensors "
+          f"in {time.perf_counter() - started:.0f} s")
+    return out
+
+
 def ensure_folder(single: Path) -> Path:
     """The diffusers folder of ``single``, made by tensorsafe (reverse input, diffusers' config=)."""
     from tensorsafe.converter.run import convert
@@ -297,7 +329,7 @@ def run_once(cmd: Command, rnd: int, env: dict[str, str]) -> None:
 
 
 def commands(model: Model, src: Path, folder: Path, diffusers_reps: int, reps: int,
-             baseline: Path | None = None) -> list[Command]:
+             baseline: Path | None = None, third_party: dict[str, Path] | None = None) -> list[Command]:
     py = sys.executable
     cli = Path(py).with_name("tensorsafe")
     ts = [str(cli)] if cli.exists() else [py, "-m", "tensorsafe"]
@@ -319,6 +351,8 @@ def commands(model: Model, src: Path, folder: Path, diffusers_reps: int, reps: i
         Command("tensorsafe convert folder->file", [*ts, "convert", str(folder), str(back), "--overwrite", "-q"],
                 [folder], [back], reps, kind="reverse"),
         *extra,
+        *(Command(f"tensorsafe convert {label}->folder", [*ts, "convert", str(path), str(out), "--overwrite", "-q"],
+                  [path], [out], reps, kind="third-party") for label, path in (third_party or {}).items()),
     ]
     for accel, sync in (("on", False), ("on", True), ("off", False)):
         cmds.append(Command(f"diffusers, accelerate {accel}" + (" + sync" if sync else ""),
@@ -404,19 +438,19 @@ def report(tag: str, nbytes: int, cmds: list[Command]) -> tuple[list[tuple[str, 
     by = {c.kind: c for c in cmds if not c.kind.startswith("diffusers")}
     cp, sync, ours = by["copy"], by["copy+sync"], by["ours"]
     print(f"\n{tag}: {nbytes / 1e9:.2f} GB")
-    head = (f"  {'command':<34} {'runs':>4} {'wall s':>7} {'min s':>7} {'cpu s':>7} {'GB/s':>5} {'peak RSS MB':>11} "
+    head = (f"  {'command':<50} {'runs':>4} {'wall s':>7} {'min s':>7} {'cpu s':>7} {'GB/s':>5} {'peak RSS MB':>11} "
             f"{'x cp':>6} {'x cp+sync':>9} {'x cp/rnd':>8} {'x ours':>7}")
     print(head)
     print("  " + "-" * (len(head) - 2))
     for c in cmds:
         if not c.walls:
-            print(f"  {c.label:<34} failed: {c.failed}")
+            print(f"  {c.label:<50} failed: {c.failed}")
             continue
         w = med(c.walls)
         mine = by["reverse"] if c.kind == "baseline-reverse" else ours
         vs = f"{w / med(mine.walls):7.1f}" if c.kind in ("diffusers", "diffusers+sync", "baseline",
                                                          "baseline-reverse") else ""
-        print(f"  {c.label:<34} {len(c.walls):>4} {w:7.2f} {min(c.walls):7.2f} {med(c.cpu):7.2f} "
+        print(f"  {c.label:<50} {len(c.walls):>4} {w:7.2f} {min(c.walls):7.2f} {med(c.cpu):7.2f} "
               f"{nbytes / w / 1e9:5.2f} {max(c.rss_mb):11.0f} {w / med(cp.walls):6.2f} {w / med(sync.walls):9.2f} "
               f"{c.per_round(cp):8.2f} {vs:>7}" + (f"  (then failed: {c.failed})" if c.failed else ""))
     print("  wall, cpu: medians; peak RSS: the largest of the runs; x cp, x cp+sync: median over median; x cp/rnd: "
@@ -425,7 +459,7 @@ def report(tag: str, nbytes: int, cmds: list[Command]) -> tuple[list[tuple[str, 
           "(shown, not a target)")
     checks: list[tuple[str, bool]] = []
     failures: list[str] = []
-    for c in (ours, by["reverse"]):
+    for c in (ours, by["reverse"], *(c for c in cmds if c.kind == "third-party")):
         if not c.walls:
             failures.append(f"{tag} {c.label}: failed ({c.failed})")
             continue
@@ -566,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--diffusers-reps", type=int, default=None,
                     help="timed runs of each diffusers command (default: --reps; 2 for SDXL, which is slow)")
     ap.add_argument("--no-diffusers", action="store_true", help="only the copies and tensorsafe (before/after checks)")
+    ap.add_argument("--no-third-party", action="store_true",
+                    help="leave out the inputs other tools wrote (a torch.save .ckpt, a save_file .safetensors)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also time our phases in-process (imports, write, fsync, verify), after the table")
     ap.add_argument("--breakdown-only", action="store_true", help="only the phase breakdown (no timed table)")
@@ -621,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.breakdown_only:
             breakdown(src, folder, env, args.breakdown_variant)
             continue
-        cmds = commands(model, src, folder, dreps, args.reps, args.baseline_tree)
+        third_party = None if args.no_third_party else ensure_third_party(src)
+        cmds = commands(model, src, folder, dreps, args.reps, args.baseline_tree, third_party)
         if args.no_diffusers:
             cmds = [c for c in cmds if not c.kind.startswith("diffusers")]
         print(f"== {tag}: {src.name} ({size_of(src) / 1e9:.2f} GB), reverse from {folder.name}/ "
