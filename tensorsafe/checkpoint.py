@@ -9,14 +9,15 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from tensorsafe.readers.blob import MappedFile, Span
-from tensorsafe.readers.zip import ZipView, member_span, open_zip
+from tensorsafe.api import scan
 from tensorsafe.engine.zip_scan import TORCH_PICKLE
 from tensorsafe.errors import ParseError, UnsafeFileError
 from tensorsafe.pickles.policy import Policy
 from tensorsafe.pickles.reader import Rebuilder, TypedStorage, storage_dtype
 from tensorsafe.pickles.walker import PickleTrace, walk
+from tensorsafe.readers.blob import MappedFile, Span
 from tensorsafe.readers.sniff import TORCH_LEGACY_MAGIC_NUMBER, Kind, sniff
+from tensorsafe.readers.zip import ZipView, member_span, open_zip
 from tensorsafe.tensors import StorageRef, TensorRef
 
 STATE_DICT_WRAPPERS = ("state_dict",)
@@ -51,8 +52,6 @@ def read_checkpoint(path: str | os.PathLike, *, policy: Policy | None = None, sc
 
 def require_clean(path: str, policy: Policy | None = None) -> None:
     """Scan ``path``; raise ``UnsafeFileError`` (with the report) unless it is clean."""
-    from tensorsafe.api import scan
-
     report = scan(path, policy)
     if not report.clean:
         first = "; ".join(f"{f.rule_id} {f.message}" for f in report.findings if f.outcome.value in ("fail", "error"))

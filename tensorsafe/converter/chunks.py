@@ -18,6 +18,7 @@ from tensorsafe.converter.fp8 import FORMATS as FP8_FORMATS
 from tensorsafe.converter.fp8 import decode as decode_fp8
 from tensorsafe.converter.source_io import FileBytes
 from tensorsafe.errors import UsageError
+from tensorsafe.load import raw_bytes_view
 from tensorsafe.tensors import DType, StorageRef, TensorRef
 
 CHUNK_BYTES = 16 << 20
@@ -42,7 +43,6 @@ def row_chunks(ref: TensorRef, buf, start: int = 0, stop: int | None = None) -> 
             yield mv[first + pos:first + min(total, pos + CHUNK_BYTES)]
             _release(buf, first + pos, first + min(total, pos + CHUNK_BYTES))
         return
-    from tensorsafe.load import raw_bytes_view
 
     view = raw_bytes_view(ref, buf)
     if not ref.shape:
@@ -59,7 +59,6 @@ def _file_rows(ref: TensorRef, src: FileBytes, start: int, stop: int, row_bytes:
         for pos in range(0, total, CHUNK_BYTES):
             yield memoryview(src.read(first + pos, min(CHUNK_BYTES, total - pos)))
         return
-    from tensorsafe.load import raw_bytes_view
 
     step = max(1, CHUNK_BYTES // max(1, row_bytes))
     if not ref.shape:
@@ -102,7 +101,6 @@ def transpose_chunks(ref: TensorRef, buf) -> Iterator[memoryview]:
         flipped = TensorRef(ref.dtype, ref.shape[::-1], ref.stride[::-1], ref.storage_offset, ref.storage)
         yield from row_chunks(flipped, buf)
         return
-    from tensorsafe.load import raw_bytes_view
 
     raw = raw_bytes_view(ref, buf)  # [H, P, itemsize]
     h, p = ref.shape

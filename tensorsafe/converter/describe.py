@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from tensorsafe.converter.families import detect
 from tensorsafe.converter.identify import identification_lines, identify_tensors
 from tensorsafe.converter.tensor_listing import TensorListing, from_inspection, list_tensors, read_scalar_values
 from tensorsafe.errors import TensorsafeError
@@ -16,8 +17,6 @@ from tensorsafe.safetensors.inspect import inspect_file, to_dict, to_table
 
 def family_report(shapes: dict[str, tuple[int, ...]], extras: dict | None = None) -> dict:
     """The detection with its evidence and assumptions; ``{"family": None, "reason": ...}`` when none."""
-    from tensorsafe.converter.families import detect
-
     try:
         d = detect(shapes, extras or {})
     except TensorsafeError as exc:

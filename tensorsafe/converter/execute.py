@@ -11,7 +11,7 @@ from tensorsafe.converter.kernel_io import FileRange
 from tensorsafe.converter.plan import Op, Plan, Target
 from tensorsafe.converter.source_io import FileBytes
 from tensorsafe.converter.sources import Located
-from tensorsafe.converter.writer import OutTensor, write_safetensors
+from tensorsafe.converter.writer import OutTensor, layout, write_safetensors
 from tensorsafe.errors import ParseError
 from tensorsafe.tensors import DType
 
@@ -87,8 +87,6 @@ def _readable(s: Located):
 
 def shards(tensors: list[OutTensor], max_bytes: int) -> list[list[OutTensor]]:
     """Split in layout order so that no shard passes ``max_bytes`` (a bigger tensor gets its own)."""
-    from tensorsafe.converter.writer import layout
-
     groups: list[list[OutTensor]] = [[]]
     size = 0
     for t in layout(tensors):

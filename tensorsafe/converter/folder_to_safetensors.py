@@ -25,16 +25,17 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorsafe.converter.output import staged
 from tensorsafe.converter.options import ConversionResult, ConvertOptions
-from tensorsafe.converter.sources import _index_names
-from tensorsafe.converter.to_safetensors import ProgressFactory, open_checkpoint, plan_file
-from tensorsafe.converter.writer import write_safetensors
+from tensorsafe.converter.output import staged
 from tensorsafe.converter.source_io import sources_unchanged
+from tensorsafe.converter.sources import _index_names
+from tensorsafe.converter.to_safetensors import SD_ONLY_OPTIONS, ProgressFactory, open_checkpoint, plan_file
+from tensorsafe.converter.writer import write_safetensors
 from tensorsafe.errors import ParseError, TensorsafeError, UsageError, option
 from tensorsafe.paths import Contained
 from tensorsafe.readers.blob import MappedFile, Span
 from tensorsafe.readers.sniff import Kind, sniff
+from tensorsafe.readers.zip import open_zip
 
 SAFETENSORS_STEM = {"pytorch_model": "model"}
 """A pickle weights stem whose safetensors twin has another name (transformers'); others keep theirs."""
@@ -95,8 +96,6 @@ def folder_to_safetensors(src: Path, dst: Path, opts: ConvertOptions,
 
 
 def _refuse_options(opts: ConvertOptions) -> None:
-    from tensorsafe.converter.to_safetensors import SD_ONLY_OPTIONS
-
     if opts.key:
         raise UsageError(f"{option('key', opts.key)} picks an entry of one checkpoint file; a folder's weights files "
                          "are state dicts already")
@@ -176,8 +175,6 @@ def _pickle_reason(name: str, path: Path) -> str | None:
 
 def _holds_pickle(span: Span) -> bool:
     """A zip archive with a ``.pkl`` member (a ``torch.save`` file under another name); an unreadable zip counts."""
-    from tensorsafe.readers.zip import open_zip
-
     try:
         return any(m.name.endswith(".pkl") for m in open_zip(span).members)
     except (TensorsafeError, ValueError):

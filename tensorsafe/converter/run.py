@@ -13,14 +13,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from tensorsafe.converter import adapters, configs, families, keymaps
 from tensorsafe.converter.configs import check_component_names, read_json_object
 from tensorsafe.converter.execute import DEFAULT_MAX_SHARD_BYTES, component_tensors, write_weights
+from tensorsafe.converter.folder_to_safetensors import folder_to_safetensors
+from tensorsafe.converter.keymaps.clip import with_text_model_prefix
+from tensorsafe.converter.options import ConversionResult, ConvertOptions, Progress
 from tensorsafe.converter.output import staged
 from tensorsafe.converter.plan import Op, Plan, Target
-from tensorsafe.converter.options import ConversionResult, ConvertOptions, Progress
 from tensorsafe.converter.source_io import leases_held, sources_unchanged
 from tensorsafe.converter.sources import Located, Source, open_file, open_folder_component
-from tensorsafe.converter.writer import OutTensor
+from tensorsafe.converter.to_safetensors import file_to_safetensors, whole_model_refusal
+from tensorsafe.converter.writer import OutTensor, write_safetensors
 from tensorsafe.errors import OutputError, ParseError, UnsafeFileError, UsageError, option
 from tensorsafe.paths import Contained, require_separate
 from tensorsafe.tensors import DTYPES
@@ -87,8 +91,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None
     started = time.perf_counter()
     try:
         with leases_held():
-            from tensorsafe.converter import adapters  # LoRA, embeddings, VAEs: docs/conversion.md "Adapters"
-
             result = adapters.route(src_path, Path(dst), options, progress_factory)
             if result is not None:
                 return result
@@ -99,8 +101,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None
                                  "(a destination ending in .safetensors), not to the diffusers layout")
             result = direction(src_path, Path(dst), options, progress_factory)
     except UnsafeFileError as exc:
-        from tensorsafe.converter.to_safetensors import whole_model_refusal
-
         raise whole_model_refusal(exc) or exc from None
     except OSError as exc:
         raise OutputError(f"cannot write the output: {exc.strerror or exc}; nothing was changed",
@@ -115,20 +115,15 @@ def _direction(src: Path, dst: Path) -> Callable[..., ConversionResult]:
     if src.is_dir():
         if to_file:
             return _folder_to_single_file
-        from tensorsafe.converter.folder_to_safetensors import folder_to_safetensors
 
         return folder_to_safetensors
     if to_file:
-        from tensorsafe.converter.to_safetensors import file_to_safetensors
-
         return file_to_safetensors
     return _single_file_to_folder
 
 
 # -- single file -> diffusers folder ---------------------------------------------------------------
 def _single_file_to_folder(src: Path, dst: Path, opts: ConvertOptions, progress_factory) -> ConversionResult:
-    from tensorsafe.converter import configs, families, keymaps
-
     with open_file(src) as source:
         shapes = source.shapes()
         detection = families.detect(shapes, source.extras, model_type=opts.model_type,
@@ -193,7 +188,6 @@ def _replacement_vae(plan: Plan, opts: ConvertOptions, detection, sources: dict[
     """``--vae FILE``: the VAE targets come from another file (single-file or diffusers layout)."""
     if not opts.vae:
         return []
-    from tensorsafe.converter import keymaps
 
     vae = open_file(opts.vae)
     vae_targets = [replace(t, sources=tuple(f"--vae:{k}" for k in t.sources))
@@ -207,8 +201,6 @@ def _replacement_vae(plan: Plan, opts: ConvertOptions, detection, sources: dict[
 def _missing_from_base(plan: Plan, opts: ConvertOptions, detection, sources: dict[str, Located],
                        src: Path, base_box: Contained | None) -> list[Source]:
     """Components the file lacks (a UNet-only file) are named, or taken from ``--base FOLDER``."""
-    from tensorsafe.converter.keymaps.clip import with_text_model_prefix
-
     required = ["unet", "vae", *(slot.component for slot in detection.spec.text_encoders)]
     missing = [c for c in required if c not in plan.components()]
     if not missing:
@@ -252,9 +244,6 @@ def _sidecar(src: Path) -> dict | None:
 
 # -- diffusers folder -> single file ---------------------------------------------------------------
 def _folder_to_single_file(src: Path, dst: Path, opts: ConvertOptions, progress_factory) -> ConversionResult:
-    from tensorsafe.converter import families, keymaps
-    from tensorsafe.converter.writer import write_safetensors
-
     box = Contained(src, allow_symlinks=opts.allow_symlinks)
     model_index = _read_json(box.resolve("model_index.json"))
     check_component_names(box, model_index)

@@ -10,14 +10,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tensorsafe.readers.blob import MappedFile
+from tensorsafe.checkpoint import read_checkpoint, require_clean
 from tensorsafe.converter.configs import check_component_names, read_json_object
 from tensorsafe.converter.source_io import SourceChangedError, Watched
-from tensorsafe.checkpoint import require_clean
-from tensorsafe.readers.safetensors.read import read_tensor_refs
 from tensorsafe.errors import ParseError, TensorsafeError
 from tensorsafe.paths import Contained, contained
 from tensorsafe.pickles.policy import Policy
+from tensorsafe.readers.blob import MappedFile
+from tensorsafe.readers.safetensors.read import read_tensor_refs
 from tensorsafe.readers.sniff import Kind, sniff
 from tensorsafe.tensors import TensorRef
 
@@ -92,8 +92,6 @@ def open_file(path: str | os.PathLike, policy: Policy | None = None, *, folder: 
             source = Source(path, "safetensors")
             refs, extras = safetensors_refs(mf, path)
         else:
-            from tensorsafe.checkpoint import read_checkpoint
-
             ckpt = read_checkpoint(path, policy=policy)
             source = Source(path, ckpt.format)
             refs, extras = ckpt.tensors, ckpt.extras

@@ -23,16 +23,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tensorsafe.converter.execute import out_tensor
-from tensorsafe.converter.plan import Op, Target
-from tensorsafe.converter.sources import Located, Source, open_file
-from tensorsafe.converter.state_tree import Selection, select
+from tensorsafe.converter.families import EMA_PREFIX, UNET_PREFIX, _ema, ema_key
+from tensorsafe.converter.keymaps import EMA_CHOICES
 from tensorsafe.converter.options import ConversionResult, ConvertOptions
 from tensorsafe.converter.output import staged
-from tensorsafe.converter.writer import OutTensor, write_safetensors
+from tensorsafe.converter.plan import Op, Target
 from tensorsafe.converter.source_io import sources_unchanged
+from tensorsafe.converter.sources import Located, Source, open_file
+from tensorsafe.converter.state_tree import Selection, select
+from tensorsafe.converter.writer import OutTensor, write_safetensors
 from tensorsafe.errors import ParseError, UnsafeFileError, UsageError, option
 from tensorsafe.tensors import DTYPES, DType, TensorRef
-
 
 ProgressFactory = Callable[[int, int], Callable[[int], None]]
 
@@ -120,9 +121,6 @@ def _selection(source: Source, key: str | None) -> Selection:
 def _ema_names(tensors: dict[str, TensorRef], ema: str, notes: list[str], dropped: dict[str, str]) -> dict[str, str]:
     """Output name -> source name: every tensor as it is, less the SD EMA copy (``no``) or with the EMA
     copy written under the UNet's own names (``yes``, what an ``-emaonly`` file is)."""
-    from tensorsafe.converter.families import EMA_PREFIX, UNET_PREFIX, _ema, ema_key
-    from tensorsafe.converter.keymaps import EMA_CHOICES
-
     if ema not in EMA_CHOICES:
         raise UsageError(f"{option('ema', None)} must be one of {', '.join(EMA_CHOICES)}, not {ema!r}")
     names = {k: k for k in tensors}

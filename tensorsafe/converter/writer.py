@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from tensorsafe.converter.kernel_io import FileRange, KernelCopy, Writeback, preallocate, pwrite_all
+from tensorsafe.converter.verify import CHUNK, Checker, ReadBack, check_header, check_tensor
 from tensorsafe.errors import ParseError
 from tensorsafe.tensors import DType
 
@@ -77,8 +78,6 @@ def write_safetensors(path: str | os.PathLike, tensors: Iterable[OutTensor], met
 
     With ``verify``, the checks of :func:`verify_written` run as the file is written: each tensor is
     compared on a second thread while the next one is copied, the header once all is written."""
-    from tensorsafe.converter.verify import Checker
-
     ordered = layout(tensors)
     head = header_bytes(ordered, metadata)
     written: list[Written] = []
@@ -136,8 +135,6 @@ def verify_written(path: str | os.PathLike, written: list[Written], chunk: int |
     """Check the file as written: its header parses and places each tensor where it was written (with
     its dtype and shape), the file ends where the last tensor does, each kernel-copied tensor's bytes
     equal its source ranges, and each written tensor's bytes have the CRC-32 of what was sent."""
-    from tensorsafe.converter.verify import CHUNK, ReadBack, check_header, check_tensor
-
     with open(path, "rb") as fh:
         check_header(fh, os.fstat(fh.fileno()).st_size, written, path)
         readback = ReadBack(chunk or CHUNK)

@@ -14,13 +14,19 @@ from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
     from tensorsafe.converter.adapters.write import ProgressFactory
-    from tensorsafe.converter.sources import Source
     from tensorsafe.converter.options import ConversionResult, ConvertOptions
+    from tensorsafe.converter.sources import Source
 
+from tensorsafe.checkpoint import read_checkpoint
 from tensorsafe.converter.adapters.embedding import convert_embedding, convert_embedding_source, embedding_kind
-from tensorsafe.converter.adapters.lora_convert import convert_lora, convert_lora_source
+from tensorsafe.converter.adapters.lora_convert import DIFFUSERS_FILE, convert_lora, convert_lora_source
 from tensorsafe.converter.adapters.lora_file import is_diffusers, is_kohya
 from tensorsafe.converter.adapters.vae import convert_vae, convert_vae_source, is_vae, is_vae_folder
+from tensorsafe.converter.sources import open_file, safetensors_refs
+from tensorsafe.errors import TensorsafeError, UsageError
+from tensorsafe.paths import contained
+from tensorsafe.readers.blob import MappedFile
+from tensorsafe.readers.sniff import Kind, sniff
 
 LORA, EMBEDDING, VAE = "lora", "embedding", "vae"
 PICKLE_ADAPTER_MAX_BYTES = 1 << 30
@@ -44,8 +50,6 @@ def adapter_kind(tensors: Iterable[str], root: object = None) -> str | None:
 def route(src: str | os.PathLike, dst: str | os.PathLike, options: ConvertOptions,
           progress_factory: ProgressFactory = None) -> ConversionResult | None:
     """Convert ``src`` here when it is an adapter or a VAE and return the ``ConversionResult``; else None."""
-    from tensorsafe.errors import UsageError
-
     dst = Path(dst)
     src_path = Path(src)
     to_file = dst.suffix.lower() == ".safetensors"
@@ -80,9 +84,6 @@ def route(src: str | os.PathLike, dst: str | os.PathLike, options: ConvertOption
 def _lora_in_folder(folder: Path, options: ConvertOptions) -> Path | None:
     """The ``pytorch_lora_weights.safetensors`` of a folder that holds a diffusers LoRA (what
     ``save_lora_weights`` writes and ``load_lora_weights(folder)`` reads), else None."""
-    from tensorsafe.converter.adapters.lora_convert import DIFFUSERS_FILE
-    from tensorsafe.paths import contained
-
     if (folder / "model_index.json").exists() or (folder / "config.json").exists():
         return None
     path = contained(folder, allow_symlinks=options.allow_symlinks).resolve(DIFFUSERS_FILE)
@@ -93,11 +94,6 @@ def _open_if_adapter(src: Path) -> Source | None:
     """The file opened (scanned or validated first) when its key names are an adapter's, else None: a
     safetensors header is read alone first, a pickle up to ``PICKLE_ADAPTER_MAX_BYTES`` through the
     restricted reader (its root object holds an A1111 embedding's nested tensors)."""
-    from tensorsafe.converter.sources import open_file, safetensors_refs
-    from tensorsafe.errors import TensorsafeError
-    from tensorsafe.readers.blob import MappedFile
-    from tensorsafe.readers.sniff import Kind, sniff
-
     with MappedFile(src) as mf:
         kind = sniff(mf.span)
         if kind is Kind.SAFETENSORS:
@@ -115,10 +111,6 @@ def _open_if_adapter(src: Path) -> Source | None:
 def _pickle_adapter(src: Path, kind: object) -> bool:
     """A small torch pickle whose keys are an adapter's, looked at through the restricted reader without
     holding the file (no read lease: the checkpoint converter opens and watches it for itself)."""
-    from tensorsafe.checkpoint import read_checkpoint
-    from tensorsafe.errors import TensorsafeError
-    from tensorsafe.readers.sniff import Kind
-
     if kind not in (Kind.PICKLE, Kind.ZIP) or src.stat().st_size > PICKLE_ADAPTER_MAX_BYTES:
         return False
     try:

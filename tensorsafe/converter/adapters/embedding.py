@@ -21,12 +21,14 @@ if TYPE_CHECKING:
     from tensorsafe.converter.options import ConversionResult, ConvertOptions
 
 from tensorsafe.converter.adapters.write import ProgressFactory, write_file
-from tensorsafe.converter.execute import out_tensor
-from tensorsafe.converter.plan import Op, Target
-from tensorsafe.converter.sources import Located, Source, open_file
-from tensorsafe.converter.options import ConversionResult, ConvertOptions
 from tensorsafe.converter.embedding_facts import embedding_facts
+from tensorsafe.converter.execute import out_tensor
+from tensorsafe.converter.options import ConversionResult, ConvertOptions
+from tensorsafe.converter.plan import Op, Target
+from tensorsafe.converter.source_io import leases_held
+from tensorsafe.converter.sources import Located, Source, open_file
 from tensorsafe.errors import ParseError
+from tensorsafe.paths import require_separate
 from tensorsafe.tensors import DType, TensorRef
 
 A1111_PT, A1111_ST, DIFFUSERS_TI, SDXL_TI = "a1111-pt", "a1111-safetensors", "diffusers", "sdxl"
@@ -110,9 +112,6 @@ def convert_embedding(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: 
                       overwrite: bool = False, progress_factory: ProgressFactory = None) -> ConversionResult:
     """Write the embedding at ``src`` as the safetensors form loaders read (``emb_params``, or SDXL's
     ``clip_l``/``clip_g``), the token in the metadata. Returns a ``ConversionResult``."""
-    from tensorsafe.converter.source_io import leases_held
-    from tensorsafe.paths import require_separate
-
     options = ConvertOptions(dtype=dtype, overwrite=overwrite)
     require_separate(Path(src), dst)
     with leases_held(), open_file(src) as source:

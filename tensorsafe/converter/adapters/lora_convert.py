@@ -19,17 +19,26 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tensorsafe.converter.options import ConversionResult, ConvertOptions
 
-from tensorsafe.converter.adapters.lora_file import (DIFFUSERS, KOHYA, METADATA_KEY, FORMAT_TITLES, LoraFile,
-                                                     LoraModule, read_lora)
+from tensorsafe.converter.adapters.lora_file import (
+    DIFFUSERS,
+    FORMAT_TITLES,
+    KOHYA,
+    METADATA_KEY,
+    LoraFile,
+    LoraModule,
+    read_lora,
+)
 from tensorsafe.converter.adapters.lora_names import UNET, module_to_kohya
 from tensorsafe.converter.adapters.values import scalar
 from tensorsafe.converter.adapters.write import ProgressFactory, bytes_tensor, write_file
 from tensorsafe.converter.execute import out_tensor
+from tensorsafe.converter.options import ConversionResult, ConvertOptions
 from tensorsafe.converter.plan import Op, Target
+from tensorsafe.converter.source_io import leases_held
 from tensorsafe.converter.sources import Located, Source, open_file
 from tensorsafe.converter.writer import OutTensor
-from tensorsafe.converter.options import ConversionResult, ConvertOptions
 from tensorsafe.errors import ParseError, UsageError, option
+from tensorsafe.paths import require_separate
 from tensorsafe.tensors import DTYPES, DType
 
 TARGETS = (DIFFUSERS, KOHYA)
@@ -43,9 +52,6 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | No
 
     ``dst`` is the file to write, or an existing folder to write it into (``pytorch_lora_weights.safetensors``
     for diffusers, the source's name for kohya). Returns a :class:`~tensorsafe.converter.run.ConversionResult`."""
-    from tensorsafe.converter.source_io import leases_held
-    from tensorsafe.paths import require_separate
-
     options = ConvertOptions(dtype=dtype, model_type=model_type, overwrite=overwrite, allow_unmapped=allow_unmapped)
     require_separate(Path(src), dst)
     with leases_held(), open_file(src) as source:

@@ -20,13 +20,17 @@ from typing import TYPE_CHECKING, Iterable
 if TYPE_CHECKING:
     from tensorsafe.converter.options import ConversionResult, ConvertOptions
 
+from tensorsafe.converter import configs, keymaps
 from tensorsafe.converter.adapters.write import ProgressFactory, write_file, write_model_folder
 from tensorsafe.converter.execute import component_tensors
 from tensorsafe.converter.families import FAMILIES, SD1, SD2, SDXL, SDXL_REFINER, VAE_PREFIXES
-from tensorsafe.converter.plan import Plan, Target
-from tensorsafe.converter.sources import Source, open_file, open_folder_component
+from tensorsafe.converter.keymaps import vae as vae_map
 from tensorsafe.converter.options import ConversionResult, ConvertOptions
+from tensorsafe.converter.plan import Plan, Target
+from tensorsafe.converter.source_io import leases_held
+from tensorsafe.converter.sources import Source, open_file, open_folder_component
 from tensorsafe.errors import ParseError, UsageError, option
+from tensorsafe.paths import require_separate
 from tensorsafe.tensors import DType
 
 VAE_ROOTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
@@ -61,9 +65,6 @@ def convert_vae(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | 
                 model_type: str | None = None, overwrite: bool = False,
                 progress_factory: ProgressFactory = None) -> ConversionResult:
     """A VAE single file -> a diffusers ``AutoencoderKL`` folder, or such a folder -> a single file."""
-    from tensorsafe.converter.source_io import leases_held
-    from tensorsafe.paths import require_separate
-
     options = ConvertOptions(dtype=dtype, model_type=model_type, overwrite=overwrite)
     src, dst = Path(src), Path(dst)
     require_separate(src, dst)
@@ -91,8 +92,6 @@ def _family(model_type: str | None) -> SimpleNamespace:
 def convert_vae_source(source: Source, dst: Path, *, cast: DType | None, options: ConvertOptions,
                        progress_factory: ProgressFactory = None) -> ConversionResult:
     """A VAE single file (opened) -> an ``AutoencoderKL`` folder."""
-    from tensorsafe.converter import configs, keymaps
-
     started = time.perf_counter()
     plan = keymaps.plan_vae(source.shapes())
     _refuse_unmapped(plan, options, source.path)
@@ -111,8 +110,6 @@ def convert_vae_source(source: Source, dst: Path, *, cast: DType | None, options
 
 def _folder_to_file(source: Source, src: Path, dst: Path, cast: DType | None, options: ConvertOptions,
                     progress_factory: ProgressFactory) -> ConversionResult:
-    from tensorsafe.converter.keymaps import vae as vae_map
-
     started = time.perf_counter()
     part = vae_map.to_single_file(source.shapes())
     plan = Plan([Target("", t.key, t.sources, t.op, t.shape, t.rows) for t in part.targets], dict(part.dropped),
