@@ -166,6 +166,13 @@ def saved_folder(case: str) -> Path:
     return save_folder(case, root / case)
 
 
+def pipeline_loader():
+    """Our pipelines over the saved tiny folders, each loaded once (a module-scoped fixture returns this)."""
+    from tensorsafe.pipeline.pipeline import Pipeline
+
+    return functools.cache(lambda case: Pipeline.from_folder(saved_folder(case)))
+
+
 def task_inputs(case: str) -> dict:
     """The inputs ``tensorsafe.pipeline.render`` generates for this case's model."""
     from tensorsafe.pipeline.images import generated_inputs

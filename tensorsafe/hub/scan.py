@@ -31,12 +31,12 @@ from tensorsafe.hub.client import (
     split_paths,  # noqa: F401  (lives in hub.py: the CLI calls it without loading the scan engine)
 )
 from tensorsafe.hub.http import Deadline
-from tensorsafe.limits import MAX_SCAN_SECONDS, ScanLimits
+from tensorsafe.limits import DEFAULT_LIMITS, MAX_SCAN_SECONDS, ScanLimits
 from tensorsafe.engine.scanner import scan_file
 from tensorsafe.listing import iter_files
 from tensorsafe.pickles.policy import DEFAULT_POLICY, Policy
 from tensorsafe.safetensors.validator import (
-    SAFETENSORS_SUFFIX, _limits_for, check_source, read_checked_header, to_findings, validate_file,
+    SAFETENSORS_SUFFIX, check_source, read_checked_header, to_findings, validate_file,
 )
 from tensorsafe.hub.remote import (
     DEFAULT_MAX_REMOTE_BYTES,
@@ -206,7 +206,7 @@ def validate_hub(url: str | os.PathLike, limits=None, *, deep: bool = False,
         return Report([_io_error(str(hp), exc)])
     if len(files) != 1 or files[0].where.path != hp.path:
         files = [f for f in files if f.where.path.endswith(SAFETENSORS_SUFFIX)]
-    return Report([validate_remote_file(f, limits if limits is not None else _limits_for(str(f.where)),
+    return Report([validate_remote_file(f, limits if limits is not None else DEFAULT_LIMITS,
                                         max_bytes=max_bytes) for f in files])
 
 

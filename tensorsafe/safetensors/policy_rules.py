@@ -126,14 +126,9 @@ def _all_names_plain(names: tuple[str, ...], max_bytes: int) -> bool:
 
 def name_problem(name: str, max_bytes: int) -> str | None:
     """Why a tensor name breaks ST-P05, or ``None``."""
-    size = _utf8_len(name)
-    if size == 0:
-        return "is empty"
-    if size > max_bytes:
-        return f"is {size:,} bytes long, over {max_bytes:,} (limit max_name_bytes)"
-    bad = invisible_char(name)
-    if bad is not None:
-        return f"holds the invisible or control character U+{ord(bad):04X}"
+    problem = _text_problem(name, _utf8_len(name), max_bytes, "max_name_bytes")
+    if problem:
+        return problem
     if "\\" in name:
         return "holds a backslash (a Windows path separator)"
     if name.startswith("/"):
@@ -160,7 +155,7 @@ def metadata_issues(metadata: dict[str, str], limits: HeaderLimits) -> list[Issu
     for key, value in metadata.items():
         key_bytes = _utf8_len(key)
         total += key_bytes + _utf8_len(value)
-        problem = _metadata_key_problem(key, key_bytes, limits.max_metadata_key_bytes)
+        problem = _text_problem(key, key_bytes, limits.max_metadata_key_bytes, "max_metadata_key_bytes")
         if problem:
             issues.append(Issue("ST-P06", f"__metadata__ key {key!r} {problem}", 8, key))
         if "\0" in value:
@@ -171,12 +166,14 @@ def metadata_issues(metadata: dict[str, str], limits: HeaderLimits) -> list[Issu
     return issues
 
 
-def _metadata_key_problem(key: str, size: int, max_bytes: int) -> str | None:
+def _text_problem(text: str, size: int, max_bytes: int, limit: str) -> str | None:
+    """What tensor names (ST-P05) and metadata keys (ST-P06) must both be: not empty, at most ``max_bytes``
+    UTF-8 bytes (``size``), no invisible or control character."""
     if size == 0:
         return "is empty"
     if size > max_bytes:
-        return f"is {size:,} bytes long, over {max_bytes:,} (limit max_metadata_key_bytes)"
-    bad = invisible_char(key)
+        return f"is {size:,} bytes long, over {max_bytes:,} (limit {limit})"
+    bad = invisible_char(text)
     if bad is not None:
         return f"holds the invisible or control character U+{ord(bad):04X}"
     return None

@@ -109,7 +109,7 @@ def validate_file(path: str | os.PathLike, limits: HeaderLimits | None = None, *
     ``limits``: ``None`` for the defaults (a policy's: ``load_policy_file(f).header_limits()``); ``overrides``
     are applied on top (``UsageError`` for an unknown name)."""
     path = os.fspath(path)
-    limits = limits if limits is not None else _limits_for(path)
+    limits = limits if limits is not None else DEFAULT_LIMITS  # never read from a file near ``path``
     if overrides:
         limits = limits.updated(overrides)
     started = time.perf_counter()
@@ -158,14 +158,3 @@ def starts_like(path: Path) -> bool:
         return False
     return len(head) > LENGTH_BYTES and head[:LENGTH_BYTES] != bytes(LENGTH_BYTES) \
         and head[LENGTH_BYTES:].lstrip(b" \t\r\n")[:1] == b"{"
-
-
-def _limits_for(path: str) -> HeaderLimits:
-    """Without limits from the caller, the defaults: limits are never read from a file near ``path``."""
-    return DEFAULT_LIMITS
-
-
-def limits_from_config(table: dict, source: str) -> HeaderLimits:
-    """A policy file's ``[limits]`` table over the defaults (already validated when it was loaded)."""
-    return DEFAULT_LIMITS.updated(table, source=source) if table else DEFAULT_LIMITS
-

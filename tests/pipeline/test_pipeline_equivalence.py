@@ -27,16 +27,7 @@ RUNS = [("sd1", "ddim"), ("sd1", "euler"), ("sd2", "ddim"), ("sd2-zsnr", "euler"
 
 @pytest.fixture(scope="module")
 def pipelines():
-    from tensorsafe.pipeline.pipeline import Pipeline
-
-    cache = {}
-
-    def get(case: str) -> Pipeline:
-        if case not in cache:
-            cache[case] = Pipeline.from_folder(pt.saved_folder(case))
-        return cache[case]
-
-    return get
+    return pt.pipeline_loader()
 
 
 def _ours(pipe, case: str, scheduler: str, **kwargs):

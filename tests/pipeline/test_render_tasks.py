@@ -36,16 +36,7 @@ PROMPT = "a photo of a cat"
 
 @pytest.fixture(scope="module")
 def ours():
-    from tensorsafe.pipeline.pipeline import Pipeline
-
-    cache = {}
-
-    def get(case: str) -> Pipeline:
-        if case not in cache:
-            cache[case] = Pipeline.from_folder(pt.saved_folder(case))
-        return cache[case]
-
-    return get
+    return pt.pipeline_loader()
 
 
 def picture(width: int, height: int) -> Image.Image:
