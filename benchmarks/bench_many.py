@@ -122,13 +122,16 @@ def picklescan_picks(files: list[Path]) -> list[Path]:
 
 
 def tensorsafe_cli(folder: Path, jobs: int) -> Callable[[], tuple[int, int]]:
-    from click.testing import CliRunner
+    import contextlib
+    import io
 
     from tensorsafe.cli.main import main
 
     def run() -> tuple[int, int]:
-        result = CliRunner().invoke(main, ["scan", "--json", "--jobs", str(jobs), str(folder)])
-        doc = json.loads(result.output)
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output), contextlib.suppress(SystemExit):
+            main(["scan", "--json", "--jobs", str(jobs), str(folder)])
+        doc = json.loads(output.getvalue())
         return len(doc["files"]), sum(f["verdict"] != "clean" for f in doc["files"])
     return run
 

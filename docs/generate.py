@@ -4,14 +4,12 @@ tests/test_docs.py fails when a committed page differs from what this script wri
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
 
-import click
-from click.testing import CliRunner
-
-from tensorsafe.cli.main import main as cli_main
+from tensorsafe.cli.main import COMMANDS, command_parser, top_parser
 from tensorsafe.pickles.policy import ALLOWED, BENIGN, DANGEROUS_MODULES, DANGEROUS_NAMES
 from tensorsafe.rules import RULES, Rule
 
@@ -97,32 +95,33 @@ def allowlist_page() -> str:
     return "\n".join(lines) + "\n"
 
 
-def cli_commands(group: click.Group = cli_main, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
-    """Every command path under ``group`` (the group itself first), subgroups included, sorted."""
-    found: list[tuple[tuple[str, ...], click.Command]] = [(prefix, group)]
-    ctx = click.Context(group)
-    for name in group.list_commands(ctx):
-        command = group.get_command(ctx, name)
-        if command.hidden:
-            continue
-        if isinstance(command, click.Group):
-            found += cli_commands(command, (*prefix, name))
+def cli_commands() -> list[tuple[str, ...]]:
+    """``()`` for ``tensorsafe`` itself, then each command, in the order ``tensorsafe --help`` lists them."""
+    return [(), *((name,) for name in COMMANDS)]
+
+
+def cli_help(args: tuple[str, ...], columns: int = 100) -> str:
+    """``tensorsafe [COMMAND] --help`` as a terminal ``columns`` wide shows it."""
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(columns)  # argparse wraps help to $COLUMNS
+    try:
+        return (command_parser(args[0])[0] if args else top_parser()).format_help()
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
         else:
-            found.append(((*prefix, name), command))
-    return found
+            os.environ["COLUMNS"] = saved
 
 
 def cli_page() -> str:
-    runner = CliRunner()
     lines = ["# Command line", "",
              "Exit codes, for every command: 0 clean, 1 a finding fails the policy, 2 a file could not be",
              "read or parsed, or bad usage. Rule ids in the output are explained in [Rules](rules.md).", "",
-             "This page is generated from the click help by `docs/generate.py`, so it matches",
+             "This page is generated from the command line's help by `docs/generate.py`, so it matches",
              "`tensorsafe COMMAND --help` exactly.", ""]
-    for args, _command in cli_commands():
-        out = runner.invoke(cli_main, [*args, "--help"], prog_name="tensorsafe", terminal_width=100).output
+    for args in cli_commands():
         title = " ".join(["tensorsafe", *args])
-        lines += [f"## `{title}`", "", "```text", out.rstrip(), "```", ""]
+        lines += [f"## `{title}`", "", "```text", cli_help(args).rstrip(), "```", ""]
     return "\n".join(lines)
 
 

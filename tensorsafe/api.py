@@ -7,7 +7,7 @@ import os
 from typing import Iterable, Mapping
 
 from tensorsafe.engine.scanner import scan_file
-from tensorsafe.hub.client import is_hub_url
+from tensorsafe.hub.urls import is_hub_url
 from tensorsafe.limits import ScanLimits
 from tensorsafe.listing import iter_files
 from tensorsafe.pickles.policy import Policy

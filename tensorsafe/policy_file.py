@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import functools
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 from tensorsafe.errors import PolicyFileError
 from tensorsafe.limits import DEFAULT_LIMITS, HeaderLimits
@@ -50,14 +50,22 @@ class PolicyConfig:
         return DEFAULT_LIMITS.updated(self.limits, source=self.source) if self.limits else DEFAULT_LIMITS
 
 
+def _toml() -> ModuleType:
+    """``tomllib``, imported when there is a file to read (about 10 ms of start-up a scan without one
+    does not pay)."""
+    import tomllib
+
+    return tomllib
+
+
 def load_policy_file(path: str | os.PathLike) -> PolicyConfig:
     """Read a policy file; its table may sit at the top level or under ``[tool.tensorsafe]``."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = _toml().loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise PolicyFileError(f"cannot read policy file: {exc.strerror or exc}", path=path) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (_toml().TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PolicyFileError(f"not valid TOML: {exc}", path=path) from None
     tool = data.get("tool")
     table = tool.get("tensorsafe", data) if isinstance(tool, dict) else data
@@ -119,8 +127,8 @@ def find_cwd_config(cwd: str | os.PathLike | None = None) -> Path | None:
 
 def _read_table(pyproject: Path) -> dict | None:
     try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = _toml().loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, _toml().TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PolicyFileError(f"cannot read {PYPROJECT_TABLE}: {exc}", path=pyproject) from None
     tool = data.get("tool")
     return tool.get("tensorsafe") if isinstance(tool, dict) else None

@@ -14,12 +14,11 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 from safetensors.numpy import save as st_save
 
 import tensorsafe
 from tensorsafe.batch import collect, scan_many, validate_many
-from tensorsafe.cli.main import main
 from tests import pickle_ops as op
 
 SYSTEM = op.call_system()
@@ -259,9 +258,8 @@ def _without_seconds(doc: dict) -> dict:
 
 @pytest.mark.parametrize("fmt", ["--text", "--json"])
 def test_cli_jobs_gives_the_same_report(mixed, fmt):
-    runner = CliRunner()
-    one = runner.invoke(main, ["scan", fmt, "-v", "--jobs", "1", str(mixed)])
-    two = runner.invoke(main, ["scan", fmt, "-v", "--jobs", "2", str(mixed)])
+    one = invoke(["scan", fmt, "-v", "--jobs", "1", str(mixed)])
+    two = invoke(["scan", fmt, "-v", "--jobs", "2", str(mixed)])
     assert one.exit_code == two.exit_code == 1
     if fmt == "--json":
         assert _without_seconds(json.loads(two.output)) == _without_seconds(json.loads(one.output))
@@ -273,9 +271,8 @@ def test_cli_validate_jobs_gives_the_same_report(tmp_path):
     for i in range(5):
         (tmp_path / f"w{i}.safetensors").write_bytes(st_save({f"t{i}": np.zeros((i + 1,), dtype=np.float32)}))
     (tmp_path / "cut.safetensors").write_bytes(st_save({"t": np.zeros(4, dtype=np.float32)})[:-3])
-    runner = CliRunner()
-    one = runner.invoke(main, ["validate", "-v", str(tmp_path)])
-    two = runner.invoke(main, ["validate", "-v", "-j", "0", str(tmp_path)])
+    one = invoke(["validate", "-v", str(tmp_path)])
+    two = invoke(["validate", "-v", "-j", "0", str(tmp_path)])
     assert one.exit_code == two.exit_code == 2 and two.output == one.output
     assert [fr.path for fr in validate_many(tmp_path, jobs=2, ordered=True)] == \
         [fr.path for fr in tensorsafe.validate(tmp_path).files]

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 
 import tensorsafe
-from tensorsafe.cli.main import main
 from tests import pickle_ops as op
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "models"
@@ -82,12 +82,16 @@ def test_object_dtypes_never_take_the_plain_path(descr, has_object):
 
 
 def test_lazy_commands_are_listed_and_run():
-    runner = CliRunner()
-    listing = runner.invoke(main, ["--help"]).output
-    assert "convert" in listing and "render" in listing
-    assert runner.invoke(main, ["convert", "--help"]).exit_code == 0
-    assert "Usage: main render" in runner.invoke(main, ["render", "--help"]).output
-    assert runner.invoke(main, ["no-such-command"]).exit_code == 2
+    from tensorsafe.cli.main import COMMANDS
+
+    listing = invoke(["--help"])
+    assert listing.exit_code == 0
+    for name, command in COMMANDS.items():
+        assert f"  {name}  " in listing.output and command.summary in listing.output, name
+        assert invoke([name, "--help"]).exit_code == 0
+    assert invoke(["render", "--help"]).output.startswith("usage: tensorsafe render [OPTIONS] PATH")
+    unknown = invoke(["no-such-command"])
+    assert unknown.exit_code == 2 and "invalid choice: 'no-such-command'" in unknown.stderr
 
 
 def test_lazy_public_names_resolve_to_the_real_objects():
@@ -102,3 +106,36 @@ def test_lazy_public_names_resolve_to_the_real_objects():
     namespace: dict = {}
     exec("from tensorsafe import *", namespace)
     assert set(tensorsafe.__all__) <= set(namespace)
+
+
+def _modules_after(code: str, names: tuple[str, ...], **env: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter; which of ``names`` it left in ``sys.modules``."""
+    probe = (f"import sys\ntry:\n    {code}\nexcept SystemExit:\n    pass\n"
+             f"print('\\n' + __import__('json').dumps([m for m in {names!r} if m in sys.modules]))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+NOT_FOR_SCAN = ("click", "tensorsafe.cli.validate", "tensorsafe.cli.inspect", "tensorsafe.cli.convert",
+                "tensorsafe.cli.render", "tensorsafe.cli.progress", "tensorsafe.converter", "tensorsafe.pipeline",
+                "tensorsafe.batch", "tensorsafe.hub.client", "numpy", "huggingface_hub", "tqdm", "fickling")
+"""What ``tensorsafe scan`` of a local checkpoint has no use for: another command's module, the converter,
+the executor of ``--jobs``, the Hub client, the heavy packages."""
+
+
+def _console(*args: str) -> str:
+    """What the console script runs, as one line of code."""
+    return f"from tensorsafe.cli.entry import main; sys.argv = ['tensorsafe', *{list(args)!r}]; main()"
+
+
+def test_the_scan_command_loads_only_what_it_needs():
+    loaded = _modules_after(_console("scan", str(FIXTURES / "tiny-sd1.ckpt")), (*NOT_FOR_SCAN, "tensorsafe.cli.scan"))
+    assert loaded == ["tensorsafe.cli.scan"]
+
+
+def test_an_hf_path_loads_the_hub_client():
+    code = _console("scan", "hf://tensorsafe-test/no-such-repo/model.ckpt")
+    loaded = _modules_after(code, ("tensorsafe.cli.scan", "tensorsafe.hub.client"), HF_HUB_OFFLINE="1")
+    assert loaded == ["tensorsafe.cli.scan", "tensorsafe.hub.client"]

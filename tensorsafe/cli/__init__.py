@@ -1,7 +1,7 @@
-"""The command line: click commands, a thin layer over the library.
+"""The command line: argparse commands, a thin layer over the library.
 
-``main`` (the click group, :mod:`tensorsafe.cli.main`) loads on first use, so the console entry
-(:mod:`tensorsafe.cli.entry`) has its Ctrl-C handler in place before click is imported."""
+``main`` (:func:`tensorsafe.cli.main.main`) loads on first use, so the console entry
+(:mod:`tensorsafe.cli.entry`) has its Ctrl-C handler in place before anything else is imported."""
 from __future__ import annotations
 
 from typing import Any

@@ -1,12 +1,17 @@
-"""``tensorsafe convert``: the click layer over :func:`tensorsafe.converter.run.convert`."""
+"""``tensorsafe convert``: the command line over :func:`tensorsafe.converter.run.convert`.
+
+Loaded only for ``tensorsafe convert`` (see :mod:`tensorsafe.cli.main`): the converter and numpy load
+with it, the render pipeline only for ``--check-render``.
+"""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-import click
-
-from tensorsafe.cli.hub import PathOrHub, local_source
+from tensorsafe.cli.arguments import int_range, key_value, path
+from tensorsafe.cli.hub import local_source, path_or_hub
+from tensorsafe.cli.output import echo
 from tensorsafe.cli.render import require_render_extra
 from tensorsafe.converter.execute import DEFAULT_MAX_SHARD_BYTES
 from tensorsafe.converter.run import ConversionResult, ConvertOptions, convert
@@ -69,99 +74,100 @@ def _weights_summary(r: ConversionResult) -> list[str]:
     return lines
 
 
-def _metadata_pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str] | None:
-    pairs = {}
-    for text in values:
-        name, sep, value = text.partition("=")
-        if not sep or not name:
-            raise click.BadParameter(f"{text!r} is not KEY=VALUE", ctx=ctx, param=param)
-        pairs[name] = value
-    return pairs or None
+DESCRIPTION = """\
+Convert a single-file SD checkpoint to a diffusers folder, or a diffusers folder back to one file;
+or any pickle checkpoint to safetensors weights.
+
+The direction follows SRC and DST: a DST ending in .safetensors is one file (from a diffusers
+folder: the single-file layout; from a checkpoint file: the same tensors, names and bytes); a
+folder of .bin weights (transformers, diffusers) becomes the same folder with .safetensors
+weights. A LoRA converts between the kohya/A1111/ComfyUI and diffusers formats (--to), a
+textual-inversion embedding to safetensors, a VAE file to a diffusers AutoencoderKL folder and
+back. Pickle checkpoints are scanned first and read without running any
+pickle code. Output is written beside DST and renamed into place only when complete and
+verified; DST is never touched without --overwrite. DST's parent folder must exist, whether DST
+is a folder or a file (as with cp: parent folders are not created; mkdir -p them first).
+
+Examples:
+  tensorsafe convert v1-5-pruned-emaonly.safetensors ./sd15-diffusers
+  tensorsafe convert model.ckpt ./out --dtype fp16 --ema yes
+  tensorsafe convert ./sdxl-diffusers sdxl.safetensors
+  tensorsafe convert model.ckpt model.safetensors --ema no
+  tensorsafe convert training.pt weights.safetensors --key model_ema
+  tensorsafe convert ./bert-base ./bert-base-safetensors
+  tensorsafe convert model.ckpt ./out --check-render
+  tensorsafe convert style_lora.safetensors pytorch_lora_weights.safetensors --to diffusers
+  tensorsafe convert pytorch_lora_weights.safetensors style_lora.safetensors --to kohya
+  tensorsafe convert vae-ft-mse.safetensors ./vae-diffusers
+  tensorsafe convert hf://OWNER/REPO/model.ckpt ./out
+
+An hf:// SRC (a file, or a diffusers folder or repository) is downloaded into
+huggingface_hub's cache first, then converted like a local one.
+"""
 
 
-@click.command("convert")
-@click.argument("src", type=PathOrHub(exists=True, path_type=Path))
-@click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Cast float tensors (default: keep).")
-@click.option("--ema", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
-              help="To a diffusers folder: use the EMA copy of the UNet when the checkpoint carries one. To a "
-                   ".safetensors file: keep every tensor (auto), drop model_ema.* (no), or write the EMA copy "
-                   "under the UNet's names (yes).")
-@click.option("--key", help="To a .safetensors file from a pickle: the dotted path of the entry holding the weights "
-                            "(default: state_dict, model_state_dict, model, module, net, network are unwrapped).")
-@click.option("--metadata", "metadata", multiple=True, callback=_metadata_pairs, metavar="KEY=VALUE",
-              help="To safetensors weights: a __metadata__ entry (repeatable); added to format=pt.")
-@click.option("--vae", type=click.Path(exists=True, dir_okay=False), help="Take the VAE from this file instead.")
-@click.option("--config", "config_folder", type=click.Path(exists=True, file_okay=False),
-              help="Take component configs, scheduler and tokenizers from this diffusers folder (a tokenizer "
-                   "folder it lacks gets the bundled CLIP tokenizer; the summary says so).")
-@click.option("--base", "base_folder", type=click.Path(exists=True, file_okay=False),
-              help="Take the components the file lacks (VAE, text encoders of a UNet-only file) from this "
-                   "diffusers folder.")
-@click.option("--model-type", help="Override the detected family: sd1, sd2, sdxl, sdxl-refiner.")
-@click.option("--prediction-type", type=click.Choice(["epsilon", "v_prediction"]),
-              help="Where the weights cannot tell (SD2 512 vs 768-v).")
-@click.option("--overwrite", is_flag=True, help="Replace DST if it exists (only once the new output is complete).")
-@click.option("--allow-unmapped", is_flag=True, help="Convert even when some keys are unknown to the key maps.")
-@click.option("--allow-symlinks", is_flag=True,
-              help="Follow symlinks in a source, --config or --base folder that lead out of it (weights kept in a "
-                   "shared cache); the summary lists them. By default they are refused.")
-@click.option("--max-shard-size", type=click.IntRange(1), default=DEFAULT_MAX_SHARD_BYTES, show_default=True,
-              help="Bytes per weights file before sharding with an index.")
-@click.option("--check-render", is_flag=True,
-              help="Then render a small picture from the output with the reference pipeline (render extra) and "
-                   "write it beside DST as NAME.check.png.")
-@click.option("--to", "to", type=click.Choice(["diffusers", "kohya"]),
-              help="A LoRA file: the format to write (default: the other one). kohya is what A1111 and ComfyUI "
-                   "load, diffusers what load_lora_weights loads.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-def convert_command(src: Path, dst: Path, dtype: str | None, ema: str, key: str | None,
-                    metadata: dict[str, str] | None, vae: str | None, config_folder: str | None,
-                    base_folder: str | None, model_type: str | None, prediction_type: str | None, overwrite: bool, allow_unmapped: bool,
-                    max_shard_size: int, check_render: bool, quiet: bool, allow_symlinks: bool,
-                    to: str | None = None) -> None:
-    """Convert a single-file SD checkpoint to a diffusers folder, or a diffusers folder back to one file;
-    or any pickle checkpoint to safetensors weights.
+FOLDER = path(exists=True, file_okay=False, as_text=True)
 
-    The direction follows SRC and DST: a DST ending in .safetensors is one file (from a diffusers
-    folder: the single-file layout; from a checkpoint file: the same tensors, names and bytes); a
-    folder of .bin weights (transformers, diffusers) becomes the same folder with .safetensors
-    weights. A LoRA converts between the kohya/A1111/ComfyUI and diffusers formats (--to), a
-    textual-inversion embedding to safetensors, a VAE file to a diffusers AutoencoderKL folder and
-    back. Pickle checkpoints are scanned first and read without running any
-    pickle code. Output is written beside DST and renamed into place only when complete and
-    verified; DST is never touched without --overwrite. DST's parent folder must exist, whether DST
-    is a folder or a file (as with cp: parent folders are not created; mkdir -p them first).
 
-    \b
-    Examples:
-      tensorsafe convert v1-5-pruned-emaonly.safetensors ./sd15-diffusers
-      tensorsafe convert model.ckpt ./out --dtype fp16 --ema yes
-      tensorsafe convert ./sdxl-diffusers sdxl.safetensors
-      tensorsafe convert model.ckpt model.safetensors --ema no
-      tensorsafe convert training.pt weights.safetensors --key model_ema
-      tensorsafe convert ./bert-base ./bert-base-safetensors
-      tensorsafe convert model.ckpt ./out --check-render
-      tensorsafe convert style_lora.safetensors pytorch_lora_weights.safetensors --to diffusers
-      tensorsafe convert pytorch_lora_weights.safetensors style_lora.safetensors --to kohya
-      tensorsafe convert vae-ft-mse.safetensors ./vae-diffusers
-      tensorsafe convert hf://OWNER/REPO/model.ckpt ./out
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", type=path_or_hub(exists=True), metavar="SRC",
+                        help="A checkpoint file, a diffusers or weights folder, or an hf:// file or folder.")
+    parser.add_argument("dst", type=path(), metavar="DST", help="The folder or .safetensors file to write.")
+    parser.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="Cast float tensors (default: keep).")
+    parser.add_argument("--ema", choices=["auto", "yes", "no"], default="auto",
+                        help="To a diffusers folder: use the EMA copy of the UNet when the checkpoint carries one. "
+                             "To a .safetensors file: keep every tensor (auto), drop model_ema.* (no), or write the "
+                             "EMA copy under the UNet's names (yes). [default: %(default)s]")
+    parser.add_argument("--key", metavar="PATH",
+                        help="To a .safetensors file from a pickle: the dotted path of the entry holding the weights "
+                             "(default: state_dict, model_state_dict, model, module, net, network are unwrapped).")
+    parser.add_argument("--metadata", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="To safetensors weights: a __metadata__ entry (repeatable); added to format=pt.")
+    parser.add_argument("--vae", type=path(exists=True, dir_okay=False, as_text=True), metavar="FILE",
+                        help="Take the VAE from this file instead.")
+    parser.add_argument("--config", dest="config_folder", type=FOLDER, metavar="FOLDER",
+                        help="Take component configs, scheduler and tokenizers from this diffusers folder (a "
+                             "tokenizer folder it lacks gets the bundled CLIP tokenizer; the summary says so).")
+    parser.add_argument("--base", dest="base_folder", type=FOLDER, metavar="FOLDER",
+                        help="Take the components the file lacks (VAE, text encoders of a UNet-only file) from this "
+                             "diffusers folder.")
+    parser.add_argument("--model-type", metavar="FAMILY",
+                        help="Override the detected family: sd1, sd2, sdxl, sdxl-refiner.")
+    parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
+                        help="Where the weights cannot tell (SD2 512 vs 768-v).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace DST if it exists (only once the new output is complete).")
+    parser.add_argument("--allow-unmapped", action="store_true",
+                        help="Convert even when some keys are unknown to the key maps.")
+    parser.add_argument("--allow-symlinks", action="store_true",
+                        help="Follow symlinks in a source, --config or --base folder that lead out of it (weights "
+                             "kept in a shared cache); the summary lists them. By default they are refused.")
+    parser.add_argument("--max-shard-size", type=int_range(1), default=DEFAULT_MAX_SHARD_BYTES, metavar="BYTES",
+                        help="Bytes per weights file before sharding with an index. [default: %(default)s; x>=1]")
+    parser.add_argument("--check-render", action="store_true",
+                        help="Then render a small picture from the output with the reference pipeline (render "
+                             "extra) and write it beside DST as NAME.check.png.")
+    parser.add_argument("--to", choices=["diffusers", "kohya"],
+                        help="A LoRA file: the format to write (default: the other one). kohya is what A1111 and "
+                             "ComfyUI load, diffusers what load_lora_weights loads.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="No progress bar and no summary.")
 
-    An hf:// SRC (a file, or a diffusers folder or repository) is downloaded into
-    huggingface_hub's cache first, then converted like a local one.
-    """
-    if check_render:
+
+def run(args: argparse.Namespace) -> int:
+    if args.check_render:
         require_render_extra()
-    options = ConvertOptions(dtype=dtype, ema=ema, key=key, metadata=metadata, vae=vae, config=config_folder, base=base_folder,
-                             model_type=model_type,
-                             prediction_type=prediction_type, overwrite=overwrite, allow_unmapped=allow_unmapped,
-                             max_shard_bytes=max_shard_size, allow_symlinks=allow_symlinks, to=to)
-    src = local_source(src)
-    result = convert(src, dst, options=options, progress_factory=_progress_factory(quiet))
-    if not quiet:
-        click.echo(_summary(result))
-    if check_render:
-        _check_render(Path(result.dst), quiet)
+    options = ConvertOptions(dtype=args.dtype, ema=args.ema, key=args.key, metadata=dict(args.metadata) or None,
+                             vae=args.vae, config=args.config_folder, base=args.base_folder,
+                             model_type=args.model_type, prediction_type=args.prediction_type,
+                             overwrite=args.overwrite, allow_unmapped=args.allow_unmapped,
+                             max_shard_bytes=args.max_shard_size, allow_symlinks=args.allow_symlinks, to=args.to)
+    src = local_source(args.src)
+    result = convert(src, args.dst, options=options, progress_factory=_progress_factory(args.quiet))
+    if not args.quiet:
+        echo(_summary(result))
+    if args.check_render:
+        _check_render(Path(result.dst), args.quiet)
+    return 0
 
 
 def _check_render(dst: Path, quiet: bool) -> None:
@@ -178,4 +184,4 @@ def _check_render(dst: Path, quiet: bool) -> None:
     if not quiet:
         from tensorsafe.cli.progress import check_render_note
 
-        click.echo(f"  check render: {png}{check_render_note(png)}")
+        echo(f"  check render: {png}{check_render_note(png)}")

@@ -1,7 +1,7 @@
 """The ``tensorsafe`` console command: Ctrl-C handling first, then the CLI.
 
 An interrupt can come at any moment, also while the CLI's modules are still being imported,
-before click runs. It ends the process with one line on stderr and exit code 130 (128 + SIGINT,
+before a command runs. It ends the process with one line on stderr and exit code 130 (128 + SIGINT,
 what shells report), never with a traceback, and never with exit 1, which means "a finding fails
 the policy". The interrupt unwinds the stack as ``KeyboardInterrupt``, so a conversion removes its
 staging folder on the way out; a second Ctrl-C during that clean-up is ignored, so it cannot leave
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import signal
 
-from tensorsafe.cli.interrupts import _interrupt_once, interrupted  # noqa: F401  (interrupted: re-exported)
+import sys
+
+from tensorsafe.cli.interrupts import _interrupt_once, interrupted, redeliver_swallowed  # noqa: F401  (re-exported)
 
 
 def main() -> None:
@@ -22,6 +24,7 @@ def main() -> None:
     try:
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with SIGINT ignored
             signal.signal(signal.SIGINT, _interrupt_once)
+            sys.unraisablehook = redeliver_swallowed
         from tensorsafe.cli.main import main as cli
 
         cli()
@@ -29,6 +32,7 @@ def main() -> None:
         interrupted()
     finally:  # the work is done: a Ctrl-C during interpreter shutdown must not turn into a signal death
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.unraisablehook = sys.__unraisablehook__
 
 
 if __name__ == "__main__":

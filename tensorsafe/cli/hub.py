@@ -1,26 +1,38 @@
 """The CLI's side of ``hf://`` paths: an argument type that takes a local path or a Hub URL, and the
-scan/validate/inspect/convert helpers the commands call (so cli.py stays a thin layer)."""
+scan/validate/inspect/convert helpers the commands call (so each command stays a thin layer).
+
+Only this module's top is loaded on a local run: each helper imports the Hub client when it is
+called, which happens only when an ``hf://`` path was given."""
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
 
-import click
-
+from tensorsafe.cli.arguments import check_path
+from tensorsafe.hub.urls import HUB_SCHEME, is_hub_url
 from tensorsafe.report import Report
 
 
-class PathOrHub(click.Path):
-    """A local path (checked like ``click.Path``) or an ``hf://`` URL (kept as text)."""
+def path_or_hub(*, exists: bool = False, dir_okay: bool = True) -> Callable[[str], Path | str]:
+    """An argument type: a local path (checked as :func:`tensorsafe.cli.arguments.path` checks it),
+    or an ``hf://`` URL, kept as text, when no local path of that name exists."""
 
-    def convert(self, value, param, ctx):
-        from tensorsafe.hub.client import is_hub_url
+    def checked(text: str) -> Path | str:
+        if text.startswith(HUB_SCHEME) and is_hub_url(text):
+            return text
+        check_path(text, exists=exists, file_okay=True, dir_okay=dir_okay)
+        return Path(text)
 
-        if isinstance(value, str) and value.startswith("hf://") and not os.path.exists(value):
-            return value
-        if isinstance(value, os.PathLike) and is_hub_url(value):
-            return os.fspath(value)
-        return super().convert(value, param, ctx)
+    return checked
+
+
+def split_paths(given: list) -> tuple[list, list[str]]:
+    """(local paths, hf:// URLs) of the command line's paths."""
+    if not any(is_hub_url(p) for p in given):
+        return list(given), []
+    from tensorsafe.hub.client import split_paths as split
+
+    return split(given)
 
 
 def scan_remote(urls: list[str], policy, limits, *, explain: bool, deep: bool, verdicts: bool,
@@ -49,10 +61,9 @@ def validate_remote(urls: list[str], limits, *, deep: bool, overrides) -> Report
 def local_source(src: str | Path) -> Path:
     """A ``convert`` or ``inspect`` source: a Hub file or folder is downloaded into huggingface_hub's
     cache first (a diffusers folder as a folder); a local path is returned as is."""
-    from tensorsafe.hub.client import is_hub_url
-    from tensorsafe.hub.scan import local_copy
-
     if isinstance(src, str) and is_hub_url(src):
+        from tensorsafe.hub.scan import local_copy  # the Hub client: only for an hf:// source
+
         return local_copy(src)
     return Path(src)
 

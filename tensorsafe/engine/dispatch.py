@@ -1,12 +1,13 @@
-"""Route a span to the reader for its kind."""
+"""Route a span to the reader for its kind.
+
+A reader that only some kinds need is imported in its branch: a process scanning one checkpoint
+does not load the numpy, archive, decompression and file-identification readers it never uses
+(start-up time is what a pre-commit hook or a Hub worker pays per call)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from tensorsafe.readers.blob import Span
-from tensorsafe.engine.identify import identify_unknown, report_lfs_pointer
-from tensorsafe.readers.decompress import DecompressError, NotOpened, decompress
-from tensorsafe.readers.numpy_files import read_npy_header
 from tensorsafe.engine.pickle_stream import scan_pickle_stream
 from tensorsafe.engine.zip_scan import scan_zip
 from tensorsafe.errors import LimitExceeded, ParseError
@@ -59,6 +60,8 @@ def scan_kind(fs: "FileScan", kind: Kind, span: Span, location: Location, depth:
 
 def scan_not_pickle(fs: "FileScan", span: Span, location: Location, depth: int) -> None:
     """Bytes that are no pickle: a Git LFS pointer, safetensors with a lying header, a plain format, or unscanned."""
+    from tensorsafe.engine.identify import identify_unknown, report_lfs_pointer
+
     if report_lfs_pointer(fs, span, location):
         return
     if _broken_safetensors(fs, span, location):
@@ -96,6 +99,8 @@ def scan_pickle_front(fs: "FileScan", span: Span, location: Location, depth: int
 
 def scan_compressed(fs: "FileScan", kind: Kind, span: Span, location: Location, depth: int,
                     pickle_expected: bool) -> None:
+    from tensorsafe.readers.decompress import DecompressError, NotOpened, decompress
+
     method, name = COMPRESSED[kind], kind.value
     body = span
     if kind is Kind.JOBLIB_ZFILE:
@@ -128,6 +133,8 @@ def scan_compressed(fs: "FileScan", kind: Kind, span: Span, location: Location, 
 
 
 def scan_npy(fs: "FileScan", span: Span, location: Location, depth: int) -> None:
+    from tensorsafe.readers.numpy_files import read_npy_header
+
     fs.note_kind("numpy")
     try:
         header = read_npy_header(span)

@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tensorsafe.readers.blob import Span
-from tensorsafe.engine.pickled_dtype import DtypeLayout, dtype_layout
 from tensorsafe.errors import ParseError, PickleParseError
 from tensorsafe.pickles.values import Call, Global
 from tensorsafe.report import Location
 
 if TYPE_CHECKING:
+    from tensorsafe.engine.pickled_dtype import DtypeLayout
     from tensorsafe.pickles.walker import BuildHook
     from tensorsafe.engine.scanner import FileScan
 
@@ -85,6 +85,8 @@ class JoblibArrays:
             # joblib reads the array from the file after this frame, then the frame's rest
             raise JoblibLayoutError(f"joblib array read with {frame_end - pos:,} bytes of the current frame "
                                     "left: joblib would run them after the array")
+        from tensorsafe.engine.pickled_dtype import dtype_layout  # numpy's dtype rules load only for a joblib array
+
         attrs = self._attributes(obj)
         try:
             layout = dtype_layout(attrs["dtype"])

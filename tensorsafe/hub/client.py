@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from tensorsafe.errors import UsageError
+from tensorsafe.hub.urls import HUB_SCHEME, is_hub_url  # noqa: F401  (re-exported)
 from tensorsafe.hub.http import (
     Deadline,
     RemoteReadError,
@@ -24,7 +25,6 @@ from tensorsafe.hub.http import (
     request,
 )
 
-HUB_SCHEME = "hf://"
 REPO_TYPES = {"datasets": "dataset", "spaces": "space", "models": "model"}
 HTTP_RETRIES = 2
 """Retries of a failed request (waits of 1 s, then 2 s, or the server's ``Retry-After``), all inside
@@ -91,13 +91,6 @@ class HubVerdict:
 
     def __str__(self) -> str:
         return f"{self.status} ({self.detail})" if self.detail else self.status
-
-
-def is_hub_url(p: str | os.PathLike) -> bool:
-    """``hf://...`` (also as ``hf:/...``, which is what a ``pathlib.Path`` makes of it), unless a
-    local path of that name exists."""
-    s = os.fspath(p)
-    return s.startswith("hf:/") and not os.path.exists(s)
 
 
 def split_paths(paths: Iterable[str | os.PathLike]) -> tuple[list, list[str]]:

@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 
-from tensorsafe.cli.main import main
 from tests import pickle_ops as op
 
 
@@ -26,7 +25,7 @@ def _leftovers(folder) -> list[str]:
 
 def test_convert_summary_and_layout(tmp_path, tiny_ckpt):
     dst = tmp_path / "out"
-    result = CliRunner().invoke(main, ["convert", str(tiny_ckpt), str(dst)])
+    result = invoke(["convert", str(tiny_ckpt), str(dst)])
     assert result.exit_code == 0, result.output
     assert "family: sd1" in result.output and "evidence: key" in result.output
     assert json.loads((dst / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
@@ -39,10 +38,10 @@ def test_existing_destination_is_not_touched(tmp_path, tiny_ckpt):
     dst = tmp_path / "out"
     dst.mkdir()
     (dst / "mine.txt").write_text("keep")
-    result = CliRunner().invoke(main, ["convert", str(tiny_ckpt), str(dst)])
+    result = invoke(["convert", str(tiny_ckpt), str(dst)])
     assert result.exit_code == 2 and "--overwrite" in result.output and "Traceback" not in result.output
     assert (dst / "mine.txt").read_text() == "keep"
-    assert CliRunner().invoke(main, ["convert", "-q", "--overwrite", str(tiny_ckpt), str(dst)]).exit_code == 0
+    assert invoke(["convert", "-q", "--overwrite", str(tiny_ckpt), str(dst)]).exit_code == 0
     assert not (dst / "mine.txt").exists() and (dst / "unet").is_dir()
     assert _leftovers(tmp_path) == []
 
@@ -50,7 +49,7 @@ def test_existing_destination_is_not_touched(tmp_path, tiny_ckpt):
 def test_malicious_checkpoint_is_refused(tmp_path):
     src = tmp_path / "evil.ckpt"
     src.write_bytes(op.call_system())
-    result = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "out")])
+    result = invoke(["convert", str(src), str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "fails its scan" in result.output and "evil.ckpt" in result.output
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
@@ -65,7 +64,7 @@ def test_damaged_source_gives_one_line_and_no_output(tmp_path, tiny_ckpt, damage
     else:  # the end record claims the archive is bigger than it is: storages run past the file
         src.write_bytes(data[:-4096] + data[-4096:].replace(b"PK\x05\x06", b"PK\x05\x07"))
     before = src.read_bytes()
-    result = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "out")])
+    result = invoke(["convert", str(src), str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert "bad.ckpt" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
@@ -89,7 +88,7 @@ def test_full_disk_leaves_nothing(tmp_path, tiny_ckpt, monkeypatch):
     dst = tmp_path / "out"
     dst.mkdir()
     (dst / "old.txt").write_text("old")
-    result = CliRunner().invoke(main, ["convert", "--overwrite", str(tiny_ckpt), str(dst)])
+    result = invoke(["convert", "--overwrite", str(tiny_ckpt), str(dst)])
     assert result.exit_code == 2 and "No space left on device" in result.output
     assert (dst / "old.txt").read_text() == "old" and sorted(p.name for p in dst.iterdir()) == ["old.txt"]
     assert _leftovers(tmp_path) == []
@@ -123,15 +122,15 @@ def test_kill_during_write_leaves_no_partial_output(tmp_path, tiny_ckpt, sig):
 
 
 def test_inspect_shows_the_family_and_its_evidence(tiny_ckpt, tmp_path):
-    result = CliRunner().invoke(main, ["inspect", "--json", str(tiny_ckpt)])
+    result = invoke(["inspect", "--json", str(tiny_ckpt)])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert doc["format"] == "pytorch-zip" and doc["totals"]["tensors"] > 900
     assert doc["model"]["family"] == "sd1" and doc["model"]["components"] == ["unet", "vae", "text_encoder"]
     assert any("input_blocks.0.0.weight has shape [32, 4, 3, 3]" in e for e in doc["model"]["evidence"])
-    text = CliRunner().invoke(main, ["inspect", str(tiny_ckpt)]).output
+    text = invoke(["inspect", str(tiny_ckpt)]).output
     assert "Stable Diffusion family: sd1" in text and "assumed: prediction type epsilon" in text
     evil = tmp_path / "evil.ckpt"
     evil.write_bytes(op.call_system())
-    refused = CliRunner().invoke(main, ["inspect", str(evil)])
+    refused = invoke(["inspect", str(evil)])
     assert refused.exit_code == 2 and "fails its scan" in refused.output

@@ -3,20 +3,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 
-from tensorsafe.cli.main import main
 from tests import pickle_ops as op
 
 SYSTEM = op.call_system()
 BENIGN = op.proto(2) + op.EMPTY_DICT + op.STOP
 CUSTOM = op.proto(2) + op.global_("mylab.schedules", "Cosine") + op.EMPTY_TUPLE + op.REDUCE + op.STOP
-
-
-@pytest.fixture
-def runner():
-    return CliRunner()
 
 
 def _files(tmp_path, **files: bytes):
@@ -25,28 +18,28 @@ def _files(tmp_path, **files: bytes):
     return tmp_path
 
 
-def test_exit_codes(runner, tmp_path):
+def test_exit_codes(tmp_path):
     _files(tmp_path, clean=BENIGN, evil=SYSTEM, broken=op.proto(2) + b"\xff")
-    assert runner.invoke(main, ["scan", str(tmp_path / "clean")]).exit_code == 0
-    assert runner.invoke(main, ["scan", str(tmp_path / "evil")]).exit_code == 1
-    assert runner.invoke(main, ["scan", str(tmp_path / "broken")]).exit_code == 2
-    assert runner.invoke(main, ["scan", str(tmp_path)]).exit_code == 1
-    assert runner.invoke(main, ["scan", str(tmp_path / "missing")]).exit_code == 2
-    assert runner.invoke(main, ["scan"]).exit_code == 2
-    assert runner.invoke(main, ["scan", "--max-depth", "-1", str(tmp_path)]).exit_code == 2
+    assert invoke(["scan", str(tmp_path / "clean")]).exit_code == 0
+    assert invoke(["scan", str(tmp_path / "evil")]).exit_code == 1
+    assert invoke(["scan", str(tmp_path / "broken")]).exit_code == 2
+    assert invoke(["scan", str(tmp_path)]).exit_code == 1
+    assert invoke(["scan", str(tmp_path / "missing")]).exit_code == 2
+    assert invoke(["scan"]).exit_code == 2
+    assert invoke(["scan", "--max-depth", "-1", str(tmp_path)]).exit_code == 2
 
 
-def test_text_output_names_file_rule_and_place(runner, tmp_path):
+def test_text_output_names_file_rule_and_place(tmp_path):
     _files(tmp_path, **{"model.png": SYSTEM})
-    result = runner.invoke(main, ["scan", str(tmp_path / "model.png")])
+    result = invoke(["scan", str(tmp_path / "model.png")])
     assert "model.png: FAIL" in result.output
     assert "PK-I01 fail/critical [@2]: imports os.system" in result.output
     assert result.output.strip().endswith("-> FAIL")
 
 
-def test_json_schema(runner, tmp_path):
+def test_json_schema(tmp_path):
     _files(tmp_path, evil=SYSTEM, clean=BENIGN)
-    result = runner.invoke(main, ["scan", "--json", str(tmp_path)])
+    result = invoke(["scan", "--json", str(tmp_path)])
     doc = json.loads(result.output)
     assert doc["schema_version"] == 1 and doc["verdict"] == "fail" and doc["exit_code"] == 1
     by_name = {f["path"].rsplit("/", 1)[-1]: f for f in doc["files"]}
@@ -60,10 +53,10 @@ def test_json_schema(runner, tmp_path):
     assert by_name["clean"]["findings"] == []
 
 
-def test_sarif_output(runner, tmp_path, monkeypatch):
+def test_sarif_output(tmp_path, monkeypatch):
     _files(tmp_path, **{"a.ckpt": SYSTEM})
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(main, ["scan", "--sarif", "a.ckpt"])
+    result = invoke(["scan", "--sarif", "a.ckpt"])
     assert result.exit_code == 1
     log = json.loads(result.output)
     assert log["version"] == "2.1.0"
@@ -77,40 +70,40 @@ def test_sarif_output(runner, tmp_path, monkeypatch):
     assert res["locations"][0]["physicalLocation"]["region"] == {"byteOffset": 2}
 
 
-def test_output_file(runner, tmp_path):
+def test_output_file(tmp_path):
     _files(tmp_path, evil=SYSTEM)
     out = tmp_path / "report.sarif"
-    result = runner.invoke(main, ["scan", "--sarif", "-o", str(out), str(tmp_path / "evil")])
+    result = invoke(["scan", "--sarif", "-o", str(out), str(tmp_path / "evil")])
     assert result.exit_code == 1
     assert json.loads(out.read_text())["runs"][0]["results"]
 
 
-def test_policy_file_extends_the_allowlist(runner, tmp_path):
+def test_policy_file_extends_the_allowlist(tmp_path):
     _files(tmp_path, custom=CUSTOM)
-    assert runner.invoke(main, ["scan", str(tmp_path / "custom")]).exit_code == 1
+    assert invoke(["scan", str(tmp_path / "custom")]).exit_code == 1
     policy = tmp_path / "policy.toml"
     policy.write_text('allow = ["mylab.schedules:Cosine"]\n')
-    assert runner.invoke(main, ["scan", "--policy", str(policy), str(tmp_path / "custom")]).exit_code == 0
+    assert invoke(["scan", "--policy", str(policy), str(tmp_path / "custom")]).exit_code == 0
 
 
-def test_policy_file_refuses_dangerous_entries(runner, tmp_path):
+def test_policy_file_refuses_dangerous_entries(tmp_path):
     _files(tmp_path, evil=SYSTEM)
     policy = tmp_path / "policy.toml"
     policy.write_text('allow = ["os:system"]\n')
-    result = runner.invoke(main, ["scan", "--policy", str(policy), str(tmp_path / "evil")])
+    result = invoke(["scan", "--policy", str(policy), str(tmp_path / "evil")])
     assert result.exit_code == 2
     assert "refusing to allow 'os:system'" in result.output and "policy.toml" in result.output
 
 
-def test_bad_policy_file_is_a_one_line_error(runner, tmp_path):
+def test_bad_policy_file_is_a_one_line_error(tmp_path):
     policy = tmp_path / "policy.toml"
     policy.write_text("allow = [1, 2\n")
-    result = runner.invoke(main, ["scan", "--policy", str(policy), str(tmp_path)])
+    result = invoke(["scan", "--policy", str(policy), str(tmp_path)])
     assert result.exit_code == 2
     assert "not valid TOML" in result.output and "Traceback" not in result.output
 
 
-def test_pyproject_table_of_the_scanned_repository_is_not_policy(runner, tmp_path, monkeypatch):
+def test_pyproject_table_of_the_scanned_repository_is_not_policy(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     (repo / ".git").mkdir(parents=True)
     (repo / "pyproject.toml").write_text('[tool.tensorsafe]\nallow = ["mylab.schedules.Cosine"]\n')
@@ -118,28 +111,28 @@ def test_pyproject_table_of_the_scanned_repository_is_not_policy(runner, tmp_pat
     (repo / "weights" / "custom.bin").write_bytes(CUSTOM)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    assert runner.invoke(main, ["scan", str(repo / "weights" / "custom.bin")]).exit_code == 1
+    assert invoke(["scan", str(repo / "weights" / "custom.bin")]).exit_code == 1
     monkeypatch.chdir(repo)  # run from the repository: its configuration is the gate's own
-    assert runner.invoke(main, ["scan", str(repo / "weights" / "custom.bin")]).exit_code == 0
+    assert invoke(["scan", str(repo / "weights" / "custom.bin")]).exit_code == 0
 
 
-def test_explain_prints_the_decompiled_pickle(runner, tmp_path):
+def test_explain_prints_the_decompiled_pickle(tmp_path):
     _files(tmp_path, evil=SYSTEM)
-    result = runner.invoke(main, ["scan", "--explain", str(tmp_path / "evil")])
+    result = invoke(["scan", "--explain", str(tmp_path / "evil")])
     assert result.exit_code == 1
     assert "decompiled by fickling" in result.output
     assert "system('true')" in result.output
 
 
-def test_verbose_lists_imports_and_clean_files(runner, fixtures_dir):
-    result = runner.invoke(main, ["scan", "-v", str(fixtures_dir)])
+def test_verbose_lists_imports_and_clean_files(fixtures_dir):
+    result = invoke(["scan", "-v", str(fixtures_dir)])
     assert result.exit_code == 0
     assert "tiny-sd-legacy.pt: CLEAN (pytorch-legacy" in result.output
     assert "import torch._utils._rebuild_tensor_v2 [allowed]" in result.output
 
 
-def test_timeout_is_an_error_not_clean(runner, tmp_path):
+def test_timeout_is_an_error_not_clean(tmp_path):
     _files(tmp_path, big=op.proto(2) + op.EMPTY_LIST + b"K\x01a" * 200_000 + op.STOP)
-    result = runner.invoke(main, ["scan", "--timeout", "0.001", str(tmp_path / "big")])
+    result = invoke(["scan", "--timeout", "0.001", str(tmp_path / "big")])
     assert result.exit_code == 2
     assert "IO-02" in result.output or "PK-L01" in result.output

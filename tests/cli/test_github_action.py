@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 
-from tensorsafe.cli.main import main as cli_main
 from tests import pickle_ops as op
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +71,7 @@ def test_cli_options_in_the_action_exist(command):
     invocation = next(line for line in _step("scan")["run"].splitlines() if line.strip().startswith('"$TENSORSAFE"'))
     options = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", invocation))
     assert {"--sarif", "--output"} <= options
-    help_text = CliRunner().invoke(cli_main, [command, "--help"]).output
+    help_text = invoke([command, "--help"]).output
     for option in options:
         assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", help_text), f"{command} has no {option}"
 
@@ -82,7 +81,7 @@ def test_options_in_the_documented_workflows_exist():
     docs = (ROOT / "docs" / "ci.md").read_text(encoding="utf-8")
     args = re.findall(r"args:\s*([^`\n]+)", docs)
     assert len(args) >= 3
-    help_text = "".join(CliRunner().invoke(cli_main, [c, "--help"]).output for c in ("scan", "validate"))
+    help_text = "".join(invoke([c, "--help"]).output for c in ("scan", "validate"))
     for line in args:
         for option in re.findall(r"(?<![\w-])--[a-z][\w-]*", line):
             assert option in help_text, option

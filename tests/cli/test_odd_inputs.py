@@ -10,9 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 
-from tensorsafe.cli.main import main
 from tensorsafe.safetensors import HeaderFormatError, validate_file
 from tensorsafe.safetensors.inspect import inspect_file
 
@@ -60,7 +59,7 @@ def test_validate_names_what_a_non_safetensors_file_is(odd_file):
 
 def test_validate_cli_says_not_safetensors_and_exits_2(odd_file):
     path, looks = odd_file
-    run = CliRunner().invoke(main, ["validate", str(path)])
+    run = invoke(["validate", str(path)])
     assert run.exit_code == 2, run.output
     assert f"not a safetensors file (looks like {looks}" in run.output
     assert "over the 100,000,000-byte limit" not in run.output
@@ -73,7 +72,7 @@ def test_inspect_says_not_safetensors(tmp_path, name):
     make(path)
     with pytest.raises(HeaderFormatError, match=rf"not a safetensors file \(looks like {looks}\)"):
         inspect_file(path)
-    run = CliRunner().invoke(main, ["inspect", str(path)])
+    run = invoke(["inspect", str(path)])
     assert run.exit_code == 2
     assert f"not a safetensors file (looks like {looks})" in run.output
     assert "Traceback" not in run.output
@@ -253,7 +252,7 @@ def test_missing_parent_is_refused_alike_for_folder_and_file(tmp_path, tiny_sing
 
 
 def test_convert_help_says_parents_are_not_created():
-    text = CliRunner().invoke(main, ["convert", "--help"]).output
+    text = invoke(["convert", "--help"]).output
     assert "parent folders are not created" in " ".join(text.split())
 
 
@@ -276,10 +275,10 @@ def test_library_error_names_the_keyword_argument(tmp_path, tiny_single):
 def test_cli_error_names_the_flag(tmp_path, tiny_single):
     existing = tmp_path / "out"
     existing.mkdir()
-    run = CliRunner().invoke(main, ["convert", str(tiny_single), str(existing)])
+    run = invoke(["convert", str(tiny_single), str(existing)])
     assert run.exit_code == 2
     assert "pass --overwrite to replace it" in run.output and "overwrite=True" not in run.output
-    run = CliRunner().invoke(main, ["convert", str(tiny_single), str(tmp_path / "y"), "--model-type", "sd9"])
+    run = invoke(["convert", str(tiny_single), str(tmp_path / "y"), "--model-type", "sd9"])
     assert run.exit_code == 2 and "unknown --model-type 'sd9'" in run.output
 
 
@@ -320,7 +319,7 @@ LAUNCH = (f"import sys, tensorsafe; sys.stderr.write({MARK!r} + '\\n'); sys.stde
 """What the console script does (``from tensorsafe.cli.entry import main; main()``), after a line that says the
 interpreter is up: its own start-up (site, .pth files) runs before any code of ours can handle Ctrl-C."""
 DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0)
-"""From the start line: the first lands while ``tensorsafe.cli.main`` and click import (what a user's early Ctrl-C
+"""From the start line: the first lands while ``tensorsafe.cli.main`` and the command import (an early Ctrl-C
 hits); the module ``tensorsafe.cli.entry`` itself needs about a millisecond before its handler is in place."""
 
 
@@ -377,18 +376,47 @@ def test_ctrl_c_during_convert_leaves_no_staging_folder(tiny_single, tmp_path, d
         assert (dst / "model_index.json").is_file()
 
 
-def test_ctrl_c_in_click_is_not_exit_1(monkeypatch):
-    """click turns KeyboardInterrupt into "Aborted!" and exit 1; ours is 130 and one line."""
-    import tensorsafe.cli.main as cli
-
+def test_ctrl_c_in_a_command_is_not_exit_1(monkeypatch):
+    """A KeyboardInterrupt inside a command is one line and exit 130 (exit 1 means a finding fails)."""
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "validate_paths", boom, raising=False)
+    monkeypatch.setattr("tensorsafe.api.validate", boom)
     monkeypatch.setattr("tensorsafe.safetensors.validator.validate_file", boom)
-    run = CliRunner().invoke(main, ["validate", __file__])
+    run = invoke(["validate", __file__])
     assert run.exit_code == 130 and "Aborted" not in run.output
     assert run.output.strip() == "tensorsafe: interrupted"
+
+
+SWALLOWED = """
+import signal, sys, weakref
+from tensorsafe.cli.interrupts import _interrupt_once, redeliver_swallowed
+signal.signal(signal.SIGINT, _interrupt_once)
+sys.unraisablehook = redeliver_swallowed
+class Owner:
+    pass
+owner = Owner()
+def callback(ref):  # as the import system's module-lock clean-up: Python cannot raise from here
+    signal.raise_signal(signal.SIGINT)
+watch = weakref.ref(owner, callback)
+try:
+    del owner
+    for i in range(10 ** 8):
+        pass
+    print("the Ctrl-C was lost")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_ctrl_c_landing_in_a_weakref_callback_is_delivered_again():
+    """An interrupt raised inside a weakref callback (an import's lock clean-up) is "Exception ignored":
+    printed with a traceback, then lost. The console entry's hook delivers it again instead."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", SWALLOWED], capture_output=True, text=True, timeout=120)
+    assert (done.stdout, done.stderr) == ("interrupted\n", "")
 
 
 def test_console_script_points_at_the_interrupt_handling_entry():

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from pre_commit.clientlib import load_manifest
 
-from tensorsafe.cli.main import main as cli_main
+from tensorsafe.cli.main import COMMANDS
 from tests import pickle_ops as op
 from tests import st_build as st
 
@@ -41,7 +41,7 @@ def test_manifest_is_valid_and_uses_real_commands():
     for hook in hooks.values():
         assert hook["language"] == "python"
         program, command = hook["entry"].split()
-        assert program == "tensorsafe" and command in cli_main.commands
+        assert program == "tensorsafe" and command in COMMANDS
         assert hook["require_serial"] is True, "one process per run: one summary, one verdict"
 
 

@@ -14,9 +14,8 @@ from urllib.parse import unquote
 
 import jsonschema
 import pytest
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 
-from tensorsafe.cli.main import main
 from tests import pickle_ops as op
 from tests import st_build as st
 from tests.conftest import FIXTURES
@@ -84,7 +83,7 @@ def corpus(tmp_path_factory) -> Path:
 
 def _sarif(corpus: Path, monkeypatch, *args: str) -> dict:
     monkeypatch.chdir(corpus)
-    result = CliRunner().invoke(main, [*args, "--sarif", "."])
+    result = invoke([*args, "--sarif", "."])
     assert result.exit_code in (1, 2), result.output
     return json.loads(result.output)
 
@@ -184,7 +183,7 @@ def test_a_path_outside_the_folder_is_an_absolute_file_uri(tmp_path, monkeypatch
     (tmp_path / "evil.pkl").write_bytes(SYSTEM)
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
-    log = json.loads(CliRunner().invoke(main, ["scan", "--sarif", str(tmp_path / "evil.pkl")]).output)
+    log = json.loads(invoke(["scan", "--sarif", str(tmp_path / "evil.pkl")]).output)
     artifact = log["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]
     assert artifact == {"uri": (tmp_path / "evil.pkl").resolve().as_uri(), "index": 0}
     assert log["runs"][0]["artifacts"][0]["location"] == {"uri": (tmp_path / "evil.pkl").resolve().as_uri()}
@@ -193,7 +192,7 @@ def test_a_path_outside_the_folder_is_an_absolute_file_uri(tmp_path, monkeypatch
 
 def test_an_unreadable_path_is_a_valid_result(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["scan", "--sarif", "missing.pt"])
+    result = invoke(["scan", "--sarif", "missing.pt"])
     assert result.exit_code == 2
     log = json.loads(result.output)
     assert not list(jsonschema.Draft4Validator(SCHEMA).iter_errors(log))
@@ -302,7 +301,7 @@ def test_invocation_reports_a_run_that_finished_and_what_it_could_not_judge(logs
 def test_a_file_let_through_unscanned_is_a_warning_notification(tmp_path, monkeypatch):
     (tmp_path / "notes.xyz").write_bytes(bytes(range(256)))
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["scan", "--allow-unscanned", "--sarif", "."])
+    result = invoke(["scan", "--allow-unscanned", "--sarif", "."])
     assert result.exit_code == 0, result.output
     log = json.loads(result.output)
     assert not list(jsonschema.Draft4Validator(SCHEMA).iter_errors(log))
@@ -315,7 +314,7 @@ def test_a_file_let_through_unscanned_is_a_warning_notification(tmp_path, monkey
 def test_a_clean_run_has_no_notifications(tmp_path, monkeypatch):
     (tmp_path / "ok.pkl").write_bytes(BENIGN)
     monkeypatch.chdir(tmp_path)
-    log = json.loads(CliRunner().invoke(main, ["scan", "--sarif", "."]).output)
+    log = json.loads(invoke(["scan", "--sarif", "."]).output)
     run = log["runs"][0]
     assert run["results"] == [] and run["invocations"][0]["toolExecutionNotifications"] == []
     assert run["invocations"][0]["exitCode"] == 0

@@ -1,12 +1,11 @@
-"""``tensorsafe validate`` through click: exit codes, --json, --sarif, limits, policy files."""
+"""``tensorsafe validate`` from the command line: exit codes, --json, --sarif, limits, policy files."""
 from __future__ import annotations
 
 import json
 
 import pytest
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 
-from tensorsafe.cli.main import main
 from tests.st_build import build, model
 
 
@@ -23,7 +22,7 @@ def files(tmp_path):
 
 
 def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+    return invoke([str(a) for a in args])
 
 
 def test_clean_file_exits_0(files):

@@ -190,12 +190,11 @@ def test_dtype_casts_the_weights_and_keeps_alpha_exact(sd1_peft, tmp_path):
 
 
 def test_cli_convert_lora_to_kohya(sd1_peft, tmp_path):
-    from click.testing import CliRunner
+    from tests.cli_runner import invoke
 
-    from tensorsafe.cli.main import main
 
     out = tmp_path / "k.safetensors"
-    result = CliRunner().invoke(main, ["convert", str(sd1_peft), str(out), "--to", "kohya"])
+    result = invoke(["convert", str(sd1_peft), str(out), "--to", "kohya"])
     assert result.exit_code == 0, result.output
     assert "diffusers/PEFT LoRA -> kohya/A1111/ComfyUI LoRA" in result.output
     assert "evidence: family SD1.x/SD2.x" in result.output

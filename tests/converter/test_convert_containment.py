@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 from safetensors.numpy import load_file, save_file
 
-from tensorsafe.cli.main import main
 from tensorsafe.converter.sources import open_file
 from tensorsafe.errors import ContainmentError
 from tensorsafe.paths import Contained
@@ -31,7 +30,7 @@ WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 def converted(tmp_path_factory) -> Path:
     """The tiny SD1 checkpoint as a diffusers folder (written once, copied per test)."""
     folder = tmp_path_factory.mktemp("containment") / "model"
-    result = CliRunner().invoke(main, ["convert", "-q", str(TINY), str(folder)])
+    result = invoke(["convert", "-q", str(TINY), str(folder)])
     assert result.exit_code == 0, result.output
     return folder
 
@@ -67,7 +66,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
 def _refused(tmp_path: Path, args: list[str], outside: Path, entry: str) -> None:
     before = outside.read_bytes()
     existing = set(tmp_path.iterdir())
-    result = CliRunner().invoke(main, args)
+    result = invoke(args)
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2, result.output
     assert len(lines) == 1 and lines[0].startswith("tensorsafe: error:"), result.output
@@ -173,7 +172,7 @@ def test_config_folder_with_a_symlink_outside_is_refused(tmp_path, model, outsid
 def test_allow_symlinks_follows_them_and_the_summary_names_them(tmp_path, model, outside, vector):
     entry = _craft(vector, model, outside)
     dst = tmp_path / "out.safetensors"
-    result = CliRunner().invoke(main, ["convert", "--allow-symlinks", str(model), str(dst)])
+    result = invoke(["convert", "--allow-symlinks", str(model), str(dst)])
     assert result.exit_code == 0, result.output
     assert "--allow-symlinks" in result.output and entry in result.output
     assert MARKER in dst.read_bytes()  # followed on purpose: the linked weights are what was converted
@@ -184,7 +183,7 @@ def test_render_with_allow_symlinks_loads_weights_kept_elsewhere(tmp_path, model
     shared.parent.mkdir()
     shutil.move(str(model / WEIGHTS), shared)
     (model / WEIGHTS).symlink_to(shared)
-    result = CliRunner().invoke(main, [*_render(tmp_path, model), "--allow-symlinks", "-q"])
+    result = invoke([*_render(tmp_path, model), "--allow-symlinks", "-q"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out.png").is_file()
 
@@ -192,7 +191,7 @@ def test_render_with_allow_symlinks_loads_weights_kept_elsewhere(tmp_path, model
 def test_links_inside_the_folder_are_fine(tmp_path, model):
     shutil.move(str(model / WEIGHTS), model / "unet" / "real.safetensors")
     (model / WEIGHTS).symlink_to("real.safetensors")
-    result = CliRunner().invoke(main, ["convert", "-q", str(model), str(tmp_path / "out.safetensors")])
+    result = invoke(["convert", "-q", str(model), str(tmp_path / "out.safetensors")])
     assert result.exit_code == 0, result.output
 
 
@@ -208,13 +207,13 @@ def test_huggingface_cache_snapshot_links_are_accepted(tmp_path, converted):
         link = snapshot / path.relative_to(converted)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
-    result = CliRunner().invoke(main, ["convert", "-q", str(snapshot), str(tmp_path / "out.safetensors")])
+    result = invoke(["convert", "-q", str(snapshot), str(tmp_path / "out.safetensors")])
     assert result.exit_code == 0, result.output
     stray = tmp_path / "stray.safetensors"
     shutil.copy(converted / WEIGHTS, stray)
     (snapshot / WEIGHTS).unlink()
     (snapshot / WEIGHTS).symlink_to(stray)
-    result = CliRunner().invoke(main, ["convert", "-q", str(snapshot), str(tmp_path / "out2.safetensors")])
+    result = invoke(["convert", "-q", str(snapshot), str(tmp_path / "out2.safetensors")])
     assert result.exit_code == 2 and WEIGHTS in result.output, result.output
 
 
@@ -229,7 +228,7 @@ def test_a_destination_overlapping_the_source_is_refused(tmp_path, model, where)
         dst = model / "out.safetensors" if where == "inside" else model
         args, guarded = ["convert", "--overwrite", str(model), str(dst)], model
     before = _tree(guarded)
-    result = CliRunner().invoke(main, args)
+    result = invoke(args)
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and "destination" in lines[0], result.output
     assert _tree(guarded) == before

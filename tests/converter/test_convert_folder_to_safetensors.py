@@ -153,9 +153,8 @@ def test_an_index_naming_a_file_outside_is_refused(tmp_path):
 
 def test_a_hub_repository_converts_from_the_cache(hub, tmp_path):
     """hf://OWNER/REPO: downloaded into huggingface_hub's cache (files there are symlinks to blobs), then converted."""
-    from click.testing import CliRunner
+    from tests.cli_runner import invoke
 
-    from tensorsafe.cli.main import main
 
     state = {"encoder.weight": torch.randn(4, 4), "encoder.bias": torch.randn(4)}
     torch.save(state, tmp_path / "weights.bin")
@@ -164,7 +163,7 @@ def test_a_hub_repository_converts_from_the_cache(hub, tmp_path):
     hub.add_repo("me/tiny", {"pytorch_model.bin": tmp_path / "weights.bin", "training_args.bin": tmp_path / "args.bin",
                              "config.json": tmp_path / "config.json"})
     out = tmp_path / "out"
-    run = CliRunner().invoke(main, ["convert", "hf://me/tiny", str(out), "-q"])
+    run = invoke(["convert", "hf://me/tiny", str(out), "-q"])
     assert run.exit_code == 0, run.output
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
     got = load_file(out / "model.safetensors")

@@ -37,16 +37,15 @@ def test_unet_only_file_needs_a_base(tmp_path, sd1):
 
 def test_cli_base_option_fills_a_unet_only_file(tmp_path, sd1):
     """Regression: the error message told users to pass --base, which the CLI did not have."""
-    from click.testing import CliRunner
+    from tests.cli_runner import invoke
 
-    from tensorsafe.cli.main import main
 
     reference, _, _, tensors = sd1
     unet_only = tmp_path / "unet.safetensors"
     save_file({k: v for k, v in tensors.items() if k.startswith("model.diffusion_model.")}, unet_only)
-    refused = CliRunner().invoke(main, ["convert", str(unet_only), str(tmp_path / "a")])
+    refused = invoke(["convert", str(unet_only), str(tmp_path / "a")])
     assert refused.exit_code == 2 and "--base" in refused.output
-    done = CliRunner().invoke(main, ["convert", str(unet_only), str(tmp_path / "b"), "--base", str(reference)])
+    done = invoke(["convert", str(unet_only), str(tmp_path / "b"), "--base", str(reference)])
     assert done.exit_code == 0, done.output
     assert "taken from the base folder" in done.output
     assert (tmp_path / "b" / "vae" / "diffusion_pytorch_model.safetensors").is_file()

@@ -10,12 +10,11 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model
 
 import tensorsafe
-from tensorsafe.cli.main import main
 from tensorsafe.converter.run import ConvertOptions
 from tensorsafe.errors import ParseError, UnsafeFileError, UsageError
 
@@ -185,14 +184,14 @@ def test_refusals_say_what_the_file_is(tmp_path):
 
 def test_cli_options_and_summary(tmp_path, checkpoint):
     dst = tmp_path / "cli.safetensors"
-    run = CliRunner().invoke(main, ["convert", str(checkpoint), str(dst), "--key", "state_dict", "--dtype", "fp16",
+    run = invoke(["convert", str(checkpoint), str(dst), "--key", "state_dict", "--dtype", "fp16",
                                     "--metadata", "author=me", "--metadata", "note=a=b"])
     assert run.exit_code == 0, run.output
     assert "dropped optimizer_states:" in run.output and "head.weight = embed.weight" in run.output
     with safe_open(dst, "pt") as f:
         assert f.metadata()["author"] == "me" and f.metadata()["note"] == "a=b"
         assert f.get_tensor("bf16").dtype == torch.float16
-    bad = CliRunner().invoke(main, ["convert", str(checkpoint), str(tmp_path / "x.safetensors"), "--metadata", "oops"])
+    bad = invoke(["convert", str(checkpoint), str(tmp_path / "x.safetensors"), "--metadata", "oops"])
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import tensorsafe  # noqa: E402
-from tensorsafe.cli.main import main  # noqa: E402
 from tensorsafe.converter.families import detect  # noqa: E402
 from tensorsafe.converter.identify import identify_tensors  # noqa: E402
 from tensorsafe.errors import UnsafeFileError, UnsupportedModelError, UsageError  # noqa: E402
@@ -373,22 +372,22 @@ def test_unknown_and_refused_files(tmp_path):
 # -- inspect -------------------------------------------------------------------------------------------
 def test_inspect_names_a_lora_instead_of_refusing_it(tmp_path):
     path = _kohya_sd1(tmp_path)
-    result = CliRunner().invoke(main, ["inspect", str(path)])
+    result = invoke(["inspect", str(path)])
     assert result.exit_code == 0, result.output
     assert "identified: LoRA for Stable Diffusion 1.x" in result.output
     assert "not supported yet" not in result.output and "trigger words: mychar" in result.output
     assert "unet down_blocks.0: 2 modules, rank 4, alpha 2" in result.output
-    doc = json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output)
+    doc = json.loads(invoke(["inspect", str(path), "--json"]).output)
     assert doc["identification"]["kind"] == "lora" and doc["identification"]["adapter"]["ranks"] == [4, 8]
 
 
 def test_inspect_counts_nested_tensors_of_a_textual_inversion_pt(tmp_path):
     path = _a1111_pt(tmp_path)
-    result = CliRunner().invoke(main, ["inspect", str(path)])
+    result = invoke(["inspect", str(path)])
     assert result.exit_code == 0, result.output
     assert "1 tensors" in result.output.splitlines()[0] and "string_to_param.*" in result.output
     assert "kind: textual-inversion" in result.output and "vectors: 3" in result.output
-    doc = json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output)
+    doc = json.loads(invoke(["inspect", str(path), "--json"]).output)
     assert doc["totals"] == {"tensors": 1, "data_bytes": 3 * 768 * 4}
     assert doc["identification"]["embedding"]["vectors"] == 3
 
@@ -397,7 +396,7 @@ def test_inspect_names_a_vae(tmp_path):
     t = {"encoder.down.0.block.0.conv1.weight": torch.zeros(8, 8, 3, 3),
          "decoder.conv_in.weight": torch.zeros(8, 4, 3, 3),
          "decoder.up.0.block.0.conv1.weight": torch.zeros(8, 8, 3, 3), "quant_conv.weight": torch.zeros(8, 8, 1, 1)}
-    result = CliRunner().invoke(main, ["inspect", str(_save(tmp_path / "vae.safetensors", t))])
+    result = invoke(["inspect", str(_save(tmp_path / "vae.safetensors", t))])
     assert result.exit_code == 0 and "kind: vae" in result.output
     assert "no Stable Diffusion UNet" not in result.output
 

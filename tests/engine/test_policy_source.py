@@ -10,11 +10,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 
 import tensorsafe
 from tensorsafe.batch import collect, scan_many
-from tensorsafe.cli.main import main
 from tensorsafe.errors import PolicyFileError
 from tensorsafe.pickles.policy import DEFAULT_POLICY
 from tensorsafe.policy_file import cwd_config, load_policy, load_policy_file
@@ -90,7 +89,7 @@ def test_a_policy_file_next_to_the_model_is_ignored_when_scanning_dot_from_a_par
                                                                                     monkeypatch):
     (tmp_path / ".git").mkdir()  # the parent is the gate's repository: the lookup stops there
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["scan", "."])
+    result = invoke(["scan", "."])
     assert result.exit_code == 1
     assert "custom.pkl: FAIL" in result.output and "policy: built-in" in result.output
 
@@ -125,7 +124,7 @@ def test_a_policy_file_is_applied_and_named(upload, tmp_path):
     policy = tmp_path / "policy.toml"
     policy.write_text('allow = ["mylab.schedules:Cosine"]\nbenign = ["mylab.callbacks:Saver"]\n'
                       "[limits]\nmax_tensors = 5\n")
-    result = CliRunner().invoke(main, ["scan", "--json", "--policy", str(policy), str(upload / "weights")])
+    result = invoke(["scan", "--json", "--policy", str(policy), str(upload / "weights")])
     assert result.exit_code == 0
     assert json.loads(result.output)["policy"] == {
         "source": str(policy), "inside_scanned_path": False,
@@ -173,9 +172,8 @@ def test_header_limits_come_from_the_runs_policy_not_the_files_folder(tmp_path, 
     assert tensorsafe.validate(path, limits=load_policy_file(strict).header_limits()).exit_code == 1
     (repo / "pyproject.toml").write_text("[tool.tensorsafe.limits]\nmax_tensors = 1\n")
     assert tensorsafe.scan(path).exit_code == 0 and tensorsafe.validate(path).exit_code == 0
-    runner = CliRunner()
-    assert runner.invoke(main, ["validate", str(path)]).exit_code == 0
-    result = runner.invoke(main, ["validate", "--json", "--policy", str(strict), str(path)])
+    assert invoke(["validate", str(path)]).exit_code == 0
+    result = invoke(["validate", "--json", "--policy", str(strict), str(path)])
     assert result.exit_code == 1
     assert json.loads(result.output)["policy"]["loosened"]["limits"] == {"max_tensors": {"value": 1,
                                                                                           "default": 100_000}}
@@ -192,7 +190,7 @@ def test_allow_unscanned_is_a_validated_policy_switch(tmp_path):
     policy.write_text('allow_unscanned = "yes"\n')
     with pytest.raises(PolicyFileError, match="allow_unscanned"):
         load_policy_file(policy)
-    result = CliRunner().invoke(main, ["scan", "--policy", str(policy), str(tmp_path)])
+    result = invoke(["scan", "--policy", str(policy), str(tmp_path)])
     assert result.exit_code == 2 and "allow_unscanned" in result.output
 
 
@@ -208,14 +206,14 @@ def test_allow_unscanned_and_allow_empty_flags_reach_the_scan_and_the_report(tmp
     monkeypatch.setattr(scanner, "scan", spy)
     (tmp_path / "a.pkl").write_bytes(op.proto(2) + op.EMPTY_DICT + op.STOP)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["scan", "--json", "--allow-unscanned", "--allow-empty", "a.pkl"])
+    result = invoke(["scan", "--json", "--allow-unscanned", "--allow-empty", "a.pkl"])
     assert seen["policy"].allow_unscanned is True and seen["allow_empty"] is True
     doc = json.loads(result.output)
     assert doc["policy"]["loosened"]["allow_unscanned"] is True and doc["policy"]["loosened"]["allow_empty"] is True
     assert doc["policy"]["source"] == "built-in, with command-line options"
-    text = CliRunner().invoke(main, ["scan", "--allow-unscanned", "a.pkl"]).output
+    text = invoke(["scan", "--allow-unscanned", "a.pkl"]).output
     assert "lets unscanned non-model files pass" in text
-    CliRunner().invoke(main, ["scan", "a.pkl"])
+    invoke(["scan", "a.pkl"])
     assert seen["policy"].allow_unscanned is False and seen["allow_empty"] is False
 
 
@@ -224,8 +222,8 @@ def test_allow_empty_reaches_the_batch_path_too(tmp_path):
     (tmp_path / "a.pkl").write_bytes(op.proto(2) + op.EMPTY_DICT + op.STOP)
     paths = [str(tmp_path / "empty"), str(tmp_path / "a.pkl")]
     for jobs in ("1", "2"):
-        strict = CliRunner().invoke(main, ["scan", "--jobs", jobs, *paths])
-        loose = CliRunner().invoke(main, ["scan", "--json", "--jobs", jobs, "--allow-empty", *paths])
+        strict = invoke(["scan", "--jobs", jobs, *paths])
+        loose = invoke(["scan", "--json", "--jobs", jobs, "--allow-empty", *paths])
         assert strict.exit_code == 2, (jobs, strict.output)
         assert loose.exit_code == 0, (jobs, loose.output)
         assert json.loads(loose.output)["policy"]["loosened"]["allow_empty"] is True

@@ -559,14 +559,13 @@ def test_deep_tuple_hash_does_not_crash_the_scanner():
 def test_cli_survives_surrogate_names():
     """BINUNICODE is decoded with surrogatepass: a lone surrogate in a name made `tensorsafe scan`
     crash in click.echo (UnicodeEncodeError, traceback) and lose the report."""
-    from click.testing import CliRunner
+    from tests.cli_runner import invoke
 
-    from tensorsafe.cli.main import main
 
     path = os.path.join(_TMP.name, "surrogate.pkl")
     with open(path, "wb") as fh:
         fh.write(b"\x80\x04X\x05\x00\x00\x00os\xed\xa0\x80" + _su("system") + b"\x93)R.")
-    result = CliRunner().invoke(main, ["scan", path])
+    result = invoke(["scan", path])
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == 1
 

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 from safetensors.torch import save_file
 
 import tensorsafe
 import tensorsafe.hub.remote as remote
 from tensorsafe.readers.zip_directory import END_SEARCH_BYTES
-from tensorsafe.cli.main import main
 from tensorsafe.hub.client import parse_hub_url
 from tensorsafe.hub.scan import scan_hub, validate_hub
 from tensorsafe.pickles.policy import DEFAULT_POLICY
@@ -117,7 +116,7 @@ def test_library_scan_validate_and_scan_many_take_hub_urls_beside_local_paths(hu
 def test_malicious_raw_pickle_is_flagged_and_cli_exits_1(hub, tmp_path):
     (tmp_path / "evil.bin").write_bytes(SYSTEM)
     hub.add_repo("me/raw", {"sub/evil.bin": tmp_path / "evil.bin"})
-    result = CliRunner().invoke(main, ["scan", "hf://me/raw", "--json"])
+    result = invoke(["scan", "hf://me/raw", "--json"])
     assert result.exit_code == 1, result.output
     data = json.loads(result.output)
     (entry,) = data["files"]
@@ -134,7 +133,7 @@ def test_safetensors_header_is_validated_from_its_header_bytes(hub, big_files):
     assert _findings(fr) == _findings(tensorsafe.validate(path).files[0])
     # 8 + N, and the 64 KiB end window the polyglot (zip) check reads; never the tensor data
     assert fr.bytes_read == hub.bytes_served("me/st") <= 8 + n + END_SEARCH_BYTES  # the header, then the tail zipfile searches for an end record
-    result = CliRunner().invoke(main, ["inspect", "hf://me/st/model.safetensors", "--json"])
+    result = invoke(["inspect", "hf://me/st/model.safetensors", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert {t["name"] for t in data["tensors"]} == {"big", "small"}
@@ -143,7 +142,7 @@ def test_safetensors_header_is_validated_from_its_header_bytes(hub, big_files):
 
 def test_text_report_says_how_much_was_read(hub):
     _sd_repo(hub)
-    result = CliRunner().invoke(main, ["scan", "hf://me/sd/v1.ckpt", "-v"])
+    result = invoke(["scan", "hf://me/sd/v1.ckpt", "-v"])
     assert result.exit_code == 0, result.output
     size = (FIXTURES / "tiny-sd1.ckpt").stat().st_size
     assert f"read {hub.bytes_served():,} of {size:,} bytes from the Hub" in result.output
@@ -153,7 +152,7 @@ def test_text_report_says_how_much_was_read(hub):
 def test_server_error_is_exit_2_never_clean(hub):
     _sd_repo(hub)
     hub.fail_resolve_get = True
-    result = CliRunner().invoke(main, ["scan", "hf://me/sd/v1.ckpt"])
+    result = invoke(["scan", "hf://me/sd/v1.ckpt"])
     assert result.exit_code == 2, result.output
     assert "IO-03" in result.output and "CLEAN" not in result.output
 
@@ -168,8 +167,8 @@ def test_server_that_ignores_ranges_is_refused(hub, big_files):
 
 def test_missing_repository_and_file_are_errors(hub):
     _sd_repo(hub)
-    assert CliRunner().invoke(main, ["scan", "hf://me/nothing"]).exit_code == 2
-    assert CliRunner().invoke(main, ["scan", "hf://me/sd/nope.ckpt"]).exit_code == 2
+    assert invoke(["scan", "hf://me/nothing"]).exit_code == 2
+    assert invoke(["scan", "hf://me/sd/nope.ckpt"]).exit_code == 2
 
 
 def test_read_budget_is_an_error_and_deep_downloads_the_file(hub, big_files):
@@ -178,7 +177,7 @@ def test_read_budget_is_an_error_and_deep_downloads_the_file(hub, big_files):
     assert fr.verdict == "error" and "budget" in fr.findings[0].message
     assert hub.bytes_served() <= 10_000
     hub.reset_counts()
-    result = CliRunner().invoke(main, ["scan", "--deep", "--json", "hf://me/big/model.ckpt"])
+    result = invoke(["scan", "--deep", "--json", "hf://me/big/model.ckpt"])
     assert result.exit_code == 0, result.output
     size = big_files["model.ckpt"].stat().st_size
     assert json.loads(result.output)["files"][0]["bytes_read"] == size == hub.bytes_served()
@@ -284,7 +283,7 @@ def test_hub_verdicts_are_shown_and_disagreement_flagged(hub, tmp_path):
     hub.add_repo("me/mixed", {"v1.ckpt": FIXTURES / "tiny-sd1.ckpt", "evil.bin": tmp_path / "evil.bin",
                               "legacy.pt": FIXTURES / "tiny-sd-legacy.pt"},
                  {"v1.ckpt": unsafe, "evil.bin": safe, "legacy.pt": safe})
-    result = CliRunner().invoke(main, ["scan", "hf://me/mixed", "--hub-verdicts"])
+    result = invoke(["scan", "hf://me/mixed", "--hub-verdicts"])
     assert result.exit_code == 1, result.output
     out = result.output
     assert "hub verdict: unsafe (pickle imports dangerous: os.system)" in out
@@ -299,7 +298,7 @@ def test_hub_verdicts_are_shown_and_disagreement_flagged(hub, tmp_path):
 def test_convert_from_the_hub(hub, tmp_path):
     _sd_repo(hub)
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["convert", "hf://me/sd/v1.ckpt", str(out), "-q"])
+    result = invoke(["convert", "hf://me/sd/v1.ckpt", str(out), "-q"])
     assert result.exit_code == 0, result.output
     assert (out / "model_index.json").is_file() and (out / "unet").is_dir()
     assert hub.bytes_served("me/sd") == (FIXTURES / "tiny-sd1.ckpt").stat().st_size

@@ -7,12 +7,11 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
 import tensorsafe
-from tensorsafe.cli.main import main
 from tensorsafe.errors import RenderError
 from tests.conftest import FIXTURES
 from tests.pipeline_tiny import one_torch_thread  # noqa: F401  (autouse fixture)
@@ -28,7 +27,7 @@ def converted(tmp_path_factory):
 
 def test_cli_convert_check_render_writes_png_beside_output(tmp_path, fixtures_dir):
     dst = tmp_path / "tiny"
-    result = CliRunner().invoke(main, ["convert", str(fixtures_dir / "tiny-sd1.ckpt"), str(dst), "--check-render"])
+    result = invoke(["convert", str(fixtures_dir / "tiny-sd1.ckpt"), str(dst), "--check-render"])
     assert result.exit_code == 0, result.output
     png = tmp_path / "tiny.check.png"
     assert f"check render: {png}" in result.output
@@ -69,7 +68,7 @@ def test_cli_check_render_failure_is_one_line_and_keeps_output(tmp_path, convert
     state[key] = np.full_like(state[key], np.nan)
     save_file(state, single)
     dst = tmp_path / "out"
-    result = CliRunner().invoke(main, ["convert", str(single), str(dst), "--check-render", "-q"])
+    result = invoke(["convert", str(single), str(dst), "--check-render", "-q"])
     assert result.exit_code == 2
     assert "converted, but the check render failed" in result.output and "NaN" in result.output
     assert len(result.output.strip().splitlines()) == 1 and str(dst) in result.output
@@ -82,7 +81,7 @@ def test_check_render_without_render_extra_fails_before_converting(tmp_path, fix
 
     monkeypatch.setattr(cli_render, "RENDER_EXTRA", ("torch", "tensorsafe_no_such_module"))
     dst = tmp_path / "out"
-    result = CliRunner().invoke(main, ["convert", str(fixtures_dir / "tiny-sd1.ckpt"), str(dst), "--check-render"])
+    result = invoke(["convert", str(fixtures_dir / "tiny-sd1.ckpt"), str(dst), "--check-render"])
     assert result.exit_code == 2 and "render extra" in result.output
     assert not dst.exists()
 

@@ -110,14 +110,13 @@ def test_vae_file_renders_as_diffusers_with_that_vae(tmp_path):
 
 
 def test_cli_render_with_lora_and_embedding(tmp_path):
-    from click.testing import CliRunner
+    from tests.cli_runner import invoke
 
-    from tensorsafe.cli.render import render_command
 
     kohya = at.kohya_lora_sd1(tmp_path / "style.safetensors")
     torch.save({"<tiny>": torch.randn(32)}, tmp_path / "learned_embeds.bin")
     out = tmp_path / "out.png"
-    result = CliRunner().invoke(render_command, [str(pt.saved_folder("sd1")), "-p", "a <tiny> cat", "--steps", "1",
+    result = invoke(["render", str(pt.saved_folder("sd1")), "-p", "a <tiny> cat", "--steps", "1",
                                                  "--lora", f"{kohya}:0.5", "--embedding",
                                                  str(tmp_path / "learned_embeds.bin"), "-o", str(out)])
     assert result.exit_code == 0, result.output

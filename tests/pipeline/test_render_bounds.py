@@ -56,7 +56,7 @@ def _edit(folder: Path, rel: str, **changes) -> Path:
 def _cli(args: list[str], cap_bytes: int = 2 << 30, timeout: float = 120) -> tuple[int, str, int, bool]:
     """(exit code, stderr, peak RSS in bytes, torch imported) of ``tensorsafe ARGS`` under an address-space cap."""
     code = (f"{HWM}import sys\nfrom tensorsafe.cli.main import main\nrc = 0\n"
-            "try:\n    main(sys.argv[1:], prog_name='tensorsafe')\nexcept SystemExit as exc:\n    rc = exc.code\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    rc = exc.code\n"
             "print(status('VmHWM'), 'torch' in sys.modules)\n"
             "sys.exit(rc)\n")
 

@@ -5,10 +5,9 @@ import io
 import json
 
 import pytest
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 from PIL import Image
 
-from tensorsafe.cli.main import main
 from tensorsafe.cli.progress import PlainLines, TerminalBar, duration, render_notes, step_reporter
 from tensorsafe.converter.run import convert
 from tensorsafe.pipeline import render
@@ -74,20 +73,20 @@ def test_duration_words():
 
 def test_cli_prints_progress_lines_when_not_a_terminal(tmp_path):
     out = tmp_path / "cat.png"
-    result = CliRunner().invoke(main, ["render", str(pt.saved_folder("sd1")), "-p", "a cat", "--steps", "3",
+    result = invoke(["render", str(pt.saved_folder("sd1")), "-p", "a cat", "--steps", "3",
                                        "-o", str(out)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == "render: step 1/3 (33%)"
     assert lines[2].startswith("render: step 3/3 (100%), ") and lines[2].endswith(" s/step, done")
     assert lines[3].startswith(f"rendered {pt.saved_folder('sd1')} -> {out} (64x64, 3 steps")
-    quiet = CliRunner().invoke(main, ["render", str(pt.saved_folder("sd1")), "-p", "a cat", "--steps", "3", "-q",
+    quiet = invoke(["render", str(pt.saved_folder("sd1")), "-p", "a cat", "--steps", "3", "-q",
                                       "-o", str(out)])
     assert quiet.exit_code == 0 and quiet.output == ""
 
 
 def test_cli_says_what_it_made_up(tmp_path):
-    result = CliRunner().invoke(main, ["render", str(pt.saved_folder("sd1-inpaint")), "-p", "a cat", "--steps", "1",
+    result = invoke(["render", str(pt.saved_folder("sd1-inpaint")), "-p", "a cat", "--steps", "1",
                                        "-o", str(tmp_path / "o.png")])
     assert result.exit_code == 0, result.output
     assert "  inpaint, strength 1.0; made up: image, mask (give --image --mask)" in result.output
@@ -110,7 +109,7 @@ def test_default_size_is_capped_and_the_full_size_is_offered(tmp_path, monkeypat
 
     monkeypatch.setattr(sizing, "CPU_FIRST_SIDE", 32)
     out = tmp_path / "cpu.png"
-    result = CliRunner().invoke(main, ["render", str(folder), "-p", "a cat", "--steps", "1", "-o", str(out)])
+    result = invoke(["render", str(folder), "-p", "a cat", "--steps", "1", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == (32, 32)
     assert ("  32x32: the default on a CPU, to keep a first render short; the model's own size is 64x64: "

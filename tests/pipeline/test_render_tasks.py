@@ -18,11 +18,9 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 from PIL import Image
 
-from tensorsafe.cli.main import main
-from tensorsafe.cli.render import render_command
 from tensorsafe.errors import ParseError, UsageError
 from tensorsafe.pipeline import render
 from tensorsafe.pipeline.images import colour_field
@@ -205,7 +203,7 @@ def test_cli_img2img_writes_what_diffusers_renders(tmp_path):
     image_file = tmp_path / "photo.png"
     picture(64, 48).save(image_file)
     out = tmp_path / "out.png"
-    result = CliRunner().invoke(render_command, [str(pt.saved_folder("sd1")), "-p", PROMPT, "--image",
+    result = invoke(["render", str(pt.saved_folder("sd1")), "-p", PROMPT, "--image",
                                                  str(image_file), "--strength", "0.5", "--steps", "4",
                                                  "--guidance", "3", "--seed", "9", "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -222,16 +220,15 @@ def test_cli_pix2pix_and_depth_options(tmp_path):
     picture(48, 48).save(image_file)
     ramp = (np.linspace(0, 65535, 40 * 32).reshape(32, 40)).astype(np.uint16)
     Image.fromarray(ramp).save(depth_file)      # 16-bit greyscale, as depth estimators write them
-    runner = CliRunner()
     out = tmp_path / "p2p.png"
-    result = runner.invoke(render_command, [str(pt.saved_folder("sd1-pix2pix")), "-p", "make it snow", "--image",
+    result = invoke(["render", str(pt.saved_folder("sd1-pix2pix")), "-p", "make it snow", "--image",
                                             str(image_file), "--image-guidance", "1.3", "--steps", "1", "-q",
                                             "-o", str(out)])
     assert result.exit_code == 0, result.output
     settings = json.loads(Image.open(out).info["tensorsafe"])
     assert settings["task"] == "pix2pix" and settings["image_guidance"] == 1.3 and Image.open(out).size == (48, 48)
     out = tmp_path / "depth.png"
-    result = runner.invoke(render_command, [str(pt.saved_folder("sd2-depth")), "-p", "a room", "--depth-map",
+    result = invoke(["render", str(pt.saved_folder("sd2-depth")), "-p", "a room", "--depth-map",
                                             str(depth_file), "--steps", "2", "-q", "-o", str(out)])
     assert result.exit_code == 0, result.output
     settings = json.loads(Image.open(out).info["tensorsafe"])
@@ -318,7 +315,7 @@ def test_bad_picture_files_are_one_line_errors_naming_the_file(tmp_path):
     with pytest.raises(ParseError, match="not a picture Pillow can read") as err:
         render(pt.saved_folder("sd1"), PROMPT, steps=1, image=junk)
     assert str(junk) in str(err.value)
-    result = CliRunner().invoke(main, ["render", str(pt.saved_folder("sd1")), "-p", "x", "--image", str(junk),
+    result = invoke(["render", str(pt.saved_folder("sd1")), "-p", "x", "--image", str(junk),
                                        "-o", str(tmp_path / "o.png")])
     assert result.exit_code == 2 and "not a picture Pillow can read" in result.output
     assert len(result.output.strip().splitlines()) == 1 and str(junk) in result.output
@@ -338,7 +335,7 @@ def test_convert_check_render_picks_the_task(tmp_path, case, task, made, note):
 
     single = tmp_path / "model.safetensors"
     convert(pt.saved_folder(case), single)
-    result = CliRunner().invoke(main, ["convert", str(single), str(tmp_path / "out"), "--check-render"])
+    result = invoke(["convert", str(single), str(tmp_path / "out"), "--check-render"])
     assert result.exit_code == 0, result.output
     png = tmp_path / "out.check.png"
     assert f"check render: {png} ({note})" in result.output

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import json
 
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 
-from tensorsafe.cli.main import main
 from tensorsafe.safetensors.inspect import inspect_file
 from tests.st_build import build, model
 
@@ -18,7 +17,7 @@ def _model(tmp_path):
 
 
 def test_inspect_text(tmp_path):
-    result = CliRunner().invoke(main, ["inspect", str(_model(tmp_path))])
+    result = invoke(["inspect", str(_model(tmp_path))])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].endswith("4 tensors")
@@ -29,7 +28,7 @@ def test_inspect_text(tmp_path):
 
 
 def test_inspect_json(tmp_path):
-    result = CliRunner().invoke(main, ["inspect", str(_model(tmp_path)), "--json"])
+    result = invoke(["inspect", str(_model(tmp_path)), "--json"])
     doc = json.loads(result.output)
     assert [t["name"] for t in doc["tensors"]] == ["w", "b", "s", "e"]  # file order
     assert doc["tensors"][0] == {"name": "w", "dtype": "F32", "shape": [2, 3], "bytes": 24, "data_offsets": [0, 24]}
@@ -41,14 +40,14 @@ def test_inspect_json(tmp_path):
 def test_inspect_refuses_a_broken_file(tmp_path):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(build('{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,1]}}', b"x"))
-    result = CliRunner().invoke(main, ["inspect", str(path)])
+    result = invoke(["inspect", str(path)])
     assert result.exit_code == 2 and "bad.safetensors" in result.output and "needs 2 bytes" in result.output
 
 
 def test_inspect_escapes_names(tmp_path):
     path = tmp_path / "names.safetensors"
     path.write_bytes(model([("evil\x1b[2J\u202ename", "U8", (1,))]))
-    result = CliRunner().invoke(main, ["inspect", str(path)])
+    result = invoke(["inspect", str(path)])
     assert "\x1b" not in result.output and "\u202e" not in result.output
     assert "\\u001b[2J\\u202ename" in result.output
 

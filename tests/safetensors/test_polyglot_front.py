@@ -20,14 +20,13 @@ import zipfile
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from tests.cli_runner import invoke
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save as st_save
 
 import tensorsafe
 from tensorsafe.readers.blob import Span
-from tensorsafe.cli.main import main
 from tensorsafe.safetensors import HeaderLimits
 from tensorsafe.safetensors import polyglot
 from tensorsafe.readers.safetensors.layout import FileSource
@@ -181,7 +180,7 @@ def _ids_of_issues(issues) -> set[str]:
 def test_scan_and_validate_commands_fail_it(polyglots, name):
     path = str(polyglots[name])
     for command in ("scan", "validate"):
-        result = CliRunner().invoke(main, [command, "--json", path])
+        result = invoke([command, "--json", path])
         assert result.exit_code == 1, (command, result.output[-500:])
         assert "ST-P08" in result.output
     report = tensorsafe.scan(path)
@@ -349,7 +348,7 @@ def test_the_known_false_positive_shape_is_an_advisory(tmp_path):
     path = tmp_path / "writer.safetensors"
     path.write_bytes(data)
     for command in ("scan", "validate"):
-        result = CliRunner().invoke(main, [command, str(path)])
+        result = invoke([command, str(path)])
         assert result.exit_code == 0, result.output
     assert _ids(validate_file(path).findings) == {"ST-A04"}
     assert unpickler_imports(data) == []
@@ -357,11 +356,11 @@ def test_the_known_false_positive_shape_is_an_advisory(tmp_path):
 
 def test_converted_files_validate_clean(tmp_path, fixtures_dir):
     dst = tmp_path / "converted"
-    result = CliRunner().invoke(main, ["convert", "-q", str(fixtures_dir / "tiny-sd1.ckpt"), str(dst)])
+    result = invoke(["convert", "-q", str(fixtures_dir / "tiny-sd1.ckpt"), str(dst)])
     assert result.exit_code == 0, result.output
     outputs = sorted(dst.rglob("*.safetensors"))
     assert outputs
-    result = CliRunner().invoke(main, ["validate", *map(str, outputs)])
+    result = invoke(["validate", *map(str, outputs)])
     assert result.exit_code == 0, result.output
 
 
