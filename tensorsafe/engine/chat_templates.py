@@ -66,7 +66,7 @@ def judge_chat_templates(fs: "FileScan", templates: list[tuple[str, bytes | str]
 def scan_text_templates(fs: "FileScan", span: Span, location: Location) -> None:
     """A text file that carries chat templates: a ``.jinja`` file, or JSON with a ``chat_template`` key."""
     name = location.members[-1] if location.members else fs.path
-    if PurePath(name).suffix.lower() in JINJA_SUFFIXES:
+    if ".j" in name.lower() and PurePath(name).suffix.lower() in JINJA_SUFFIXES:  # ".j": no Path per text file
         judge_chat_templates(fs, [(PurePath(name).name, span.read(0, span.size))], location,
                              "TPL-01", "TPL-02", "template file")
         return

@@ -8,6 +8,7 @@ from tensorsafe.readers.blob import Span
 from tensorsafe.errors import LimitExceeded
 from tensorsafe.engine.joblib_arrays import JoblibArrays
 from tensorsafe.tensors import STORAGE_ELEMENT_SIZE
+from tensorsafe.pickles.front import cannot_be_pickle
 from tensorsafe.pickles.values import Global, Unresolved
 from tensorsafe.pickles.walker import PickleTrace
 from tensorsafe.report import Location
@@ -39,6 +40,8 @@ def _importable(module: str) -> bool:
 
 def scan_pickle_stream(fs: "FileScan", span: Span, location: Location, depth: int, *, expected: bool) -> bool:
     """Walk and judge the pickles of ``span``; False (nothing recorded) when it is no pickle."""
+    if not expected and _fails_at_once(fs, span):
+        return False
     hook = JoblibArrays(fs, span, location, depth)
     first = fs.walk(span.buf, span.start, span.end, hook)
     if not expected and not looks_like_pickle(first):
@@ -57,6 +60,16 @@ def scan_pickle_stream(fs: "FileScan", span: Span, location: Location, depth: in
         return True
     scan_after_stop(fs, span, first.end, location, depth, hook)
     return True
+
+
+def _fails_at_once(fs: "FileScan", span: Span) -> bool:
+    """The walk would stop at the first opcode (or the one after PROTO) with a parse error, before
+    any STOP, import or call (``cannot_be_pickle``): ``looks_like_pickle`` is False without it. The
+    walk checks a limit that early only at a STOP (opcode count 1 or 2, no value held), so the
+    shortcut holds unless a limit is set below that. Most small text files (a torch zip's
+    ``version``, ``byteorder``) end here."""
+    limits = fs.limits
+    return limits.max_opcodes >= 2 and limits.max_values >= 0 and cannot_be_pickle(span.head(3))
 
 
 def _judge(fs: "FileScan", trace: PickleTrace, span: Span, location: Location, depth: int) -> None:

@@ -91,12 +91,15 @@ class FileScan:
         if structure:
             self.result.pickles += 1
         verdicts = judge_trace(trace, self.policy, self.path, location, span.start)
-        known = set(self.result.findings)
-        self.result.findings.extend(f for f in verdicts.findings if f not in known
-                                    and (structure or f.rule_id not in STRUCTURE_RULES))
-        self.imports.update(verdicts.imports)
+        if verdicts.findings:  # (most pickles have none: each step here is skipped when it has nothing to do)
+            known = set(self.result.findings)
+            self.result.findings.extend(f for f in verdicts.findings if f not in known
+                                        and (structure or f.rule_id not in STRUCTURE_RULES))
+        if verdicts.imports:
+            self.imports.update(verdicts.imports)
         self.tiers.update(verdicts.tiers)
-        self.storage_keys.update(_storage_keys(trace))
+        if trace.persistent:
+            self.storage_keys.update(_storage_keys(trace))
         if self.explain and any(f.outcome is Outcome.FAIL for f in verdicts.findings):
             data = bytes(span.buf[trace.start:min(trace.end or span.end, trace.start + MAX_EXPLAIN_BYTES + 1)])
             self.result.explanations.append((str(location.at(trace.start - span.start)), decompile(data)))
@@ -168,7 +171,7 @@ def scan_file(path: str | os.PathLike, policy: Policy = DEFAULT_POLICY, limits: 
     if _not_a_regular_file(fs):
         return fs.finish()
     with findings_for_errors(fs):
-        with MappedFile(path) as mf, collector_paused():  # see collector_paused: 10-15% of a scan
+        with MappedFile(path, read_small=True) as mf, collector_paused():  # see collector_paused: 10-15% of a scan
             fs.result.size = mf.span.size
             fs.scan_span(mf.span, Location(), 0)
     fs.result.seconds = time.perf_counter() - started

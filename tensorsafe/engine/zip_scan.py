@@ -31,6 +31,7 @@ def scan_zip_view(fs: "FileScan", view: ZipView, location: Location, depth: int)
     ordered = sorted(view.members, key=lambda m: (not m.name.endswith(".pkl"), m.header_offset))
     torchscript_reported = False
     storage_dir = f"{prefix}data/" if prefix is not None else None
+    main_pickle = f"{prefix}data.pkl" if prefix is not None else None
     for m in ordered:
         if not fs.check_deadline(location):
             return
@@ -42,10 +43,12 @@ def scan_zip_view(fs: "FileScan", view: ZipView, location: Location, depth: int)
             torchscript_reported = True
             fs.add("ZIP-09", "the archive holds TorchScript code (torch.jit.load compiles and runs it)",
                    location.inside(m.name))
-        before = set(fs.storage_keys)
-        _scan_member(fs, view, m, location, depth)
-        if prefix is not None and m.name == f"{prefix}data.pkl":
+        if m.name == main_pickle:  # the storages it points at are never read
+            before = set(fs.storage_keys)
+            _scan_member(fs, view, m, location, depth)
             storage_keys |= fs.storage_keys - before
+        else:
+            _scan_member(fs, view, m, location, depth)
 
 
 def _scan_member(fs: "FileScan", view: ZipView, m: Member, location: Location, depth: int) -> None:

@@ -9,6 +9,7 @@ is at least as lenient, so nothing the real loader would execute can hide behind
 """
 from __future__ import annotations
 
+import _compat_pickle
 import codecs
 import gc
 import struct
@@ -24,7 +25,10 @@ from tensorsafe.pickles.values import BytesRef, Call, Global, OutOfBand, Persist
 
 INLINE_BYTES_LIMIT = 1 << 20
 """Bytes arguments longer than this stay in the source buffer as a ``BytesRef``."""
-DEADLINE_CHECK_INTERVAL = 1 << 15
+DEADLINE_CHECK_INTERVAL = 1 << 12
+_CHUNK_COUNTS = tuple(range(1, DEADLINE_CHECK_INTERVAL + 1))
+"""The iteration numbers of one chunk of the walk's loop, made once: iterating a ``range`` makes
+(and frees) an int object per opcode."""
 HIGHEST_PROTOCOL = 5
 MAX_FRAMING_NOTES = 16
 """Framing divergences recorded per stream (one is enough to fail it; the rest are detail)."""
@@ -85,10 +89,9 @@ class _Invalid(Exception):
 
 def _fix_import(module: str, name: str) -> tuple[str, str]:
     """Apply the Python 2 name fixes the unpickler applies (``__builtin__`` -> ``builtins``, ...)."""
-    import _compat_pickle
-
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        return _compat_pickle.NAME_MAPPING[(module, name)]
+    fixed = _compat_pickle.NAME_MAPPING.get((module, name))
+    if fixed is not None:
+        return fixed
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
@@ -268,7 +271,7 @@ class Walker:
     def _loop(self, pos: int) -> int:
         # One long function on purpose: locals, an if-chain ordered by how often each opcode starts
         # an iteration in real checkpoints (torch.save writes protocol 2: BINGET, BININT1,
-        # BINUNICODE, TUPLE, REDUCE, MARK, ...; its LONG_BINPUTs are fused, see below) and the
+        # BINUNICODE, TUPLE, REDUCE, MARK, ...; its puts are fused, see below) and the
         # common opcodes inlined, bounds and fence checks included, keep the per-opcode cost low
         # (this loop is the scanner's hot path). Every check the helpers make is made here too;
         # on a failed check the helper is called, or its error raised, so errors read the same.
@@ -280,13 +283,14 @@ class Walker:
         #   recomputed after every helper (helpers may pop marks).
         # - ``pos - 1`` is the offset of the opcode being run whenever anything raises: a branch
         #   moves ``pos`` past its argument only after its last check (errors report that offset).
-        # - A value-building opcode followed by LONG_BINPUT (torch writes one after nearly every
-        #   value) runs the put in the same iteration ("fused"), only when the put cannot fail: it
-        #   has its 4 bytes, the memo has room, and the stack top is the value just pushed, so it
-        #   is above the fence. Otherwise the put runs as its own opcode.
-        # - Iterations run in chunks of DEADLINE_CHECK_INTERVAL (``for count in range``: the loop
-        #   counts them); the opcode budget and the deadline are checked between chunks, on
-        #   ``done + fused`` opcodes (so at least every DEADLINE_CHECK_INTERVAL opcodes).
+        # - A value-building opcode followed by LONG_BINPUT or BINPUT (torch writes one after nearly
+        #   every value) runs the put in the same iteration ("fused"), only when the put cannot fail:
+        #   it has its argument bytes, the memo has room, and the stack top is the value just pushed,
+        #   so it is above the fence. Otherwise the put runs as its own opcode.
+        # - Iterations run in chunks of DEADLINE_CHECK_INTERVAL (``for count in _CHUNK_COUNTS``: the
+        #   loop counts them, with ints made once); the opcode budget and the deadline are checked
+        #   between chunks, on ``done + fused`` opcodes (so at least every DEADLINE_CHECK_INTERVAL
+        #   opcodes).
         # - ``end`` is the end of the stream, or inside a FRAME the end of that frame: a read that
         #   crosses it takes the slow path (``_need``), which notes a read straddling the frame's
         #   end, and an opcode starting at or after it leaves the frame (``end = stream_end``).
@@ -299,14 +303,14 @@ class Walker:
         limit = self.max_opcodes
         max_memo = self.max_memo
         fence = marks[-1] if marks else 0
-        put_end = end - 5  # a fused LONG_BINPUT needs pos <= put_end (its opcode byte, 4 argument bytes)
+        put_end = end - 5  # a fused put needs pos <= put_end (LONG_BINPUT: opcode byte, 4 argument bytes)
         fused = 0  # opcodes run in another opcode's iteration: the opcode count is iterations + fused
         moved = 0  # values the hot opcodes moved off the stack into tuples and calls (see MAX_VALUES)
         done = 0  # iterations of the chunks already run
         try:
             while True:
                 # iterations run in chunks: the loop counts them, the budget is checked between chunks
-                for count in range(done + 1, done + DEADLINE_CHECK_INTERVAL + 1):
+                for count in _CHUNK_COUNTS:  # (counted from the chunk's start: ``done + count``)
                     if pos >= end:
                         if pos >= stream_end:
                             pos += 1  # errors report ``pos - 1``: here, the end of the stream
@@ -329,21 +333,28 @@ class Walker:
                         append(data[pos])
                         pos += 1
                     elif op == 0x58:  # X BINUNICODE
-                        if pos + 4 > end:
+                        first = pos + 4  # (each int computed once: past 256, every sum is a new object)
+                        if first > end:
                             self._need(pos, 4)
                         n = _U4(data, pos)[0]
-                        if pos + 4 + n > end:
-                            self._need(pos + 4, n)
+                        after = first + n
+                        if after > end:
+                            self._need(first, n)
                         try:
-                            value = str(data[pos + 4:pos + 4 + n], "utf-8", "surrogatepass")
+                            value = data[first:after].decode("utf-8", "surrogatepass")
                         except UnicodeDecodeError:
-                            value = self._counted(pos + 4, n, "BINUNICODE", True)[0]
+                            value = self._counted(first, n, "BINUNICODE", True)[0]
                         append(value)
-                        pos += 4 + n
-                        if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
-                            memo[_U4(data, pos + 1)[0]] = value
-                            pos += 5
-                            fused += 1
+                        pos = after
+                        if pos <= put_end and len(memo) < max_memo:
+                            if data[pos] == 0x72:
+                                memo[_U4(data, pos + 1)[0]] = value
+                                pos += 5
+                                fused += 1
+                            elif data[pos] == 0x71:
+                                memo[data[pos + 1]] = value
+                                pos += 2
+                                fused += 1
                     elif op == 0x74:  # t TUPLE
                         if not marks:
                             self._pop_mark()
@@ -353,10 +364,15 @@ class Walker:
                         del stack[fence:]
                         fence = marks[-1] if marks else 0
                         append(value)
-                        if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
-                            memo[_U4(data, pos + 1)[0]] = value
-                            pos += 5
-                            fused += 1
+                        if pos <= put_end and len(memo) < max_memo:
+                            if data[pos] == 0x72:
+                                memo[_U4(data, pos + 1)[0]] = value
+                                pos += 5
+                                fused += 1
+                            elif data[pos] == 0x71:
+                                memo[data[pos + 1]] = value
+                                pos += 2
+                                fused += 1
                     elif op == 0x52:  # R REDUCE
                         if len(stack) - fence < 2:
                             raise _Invalid("unpickling stack underflow")
@@ -370,10 +386,15 @@ class Walker:
                         value.kwargs = value.state = value.items = value.appended = None
                         add_call(value)
                         append(value)
-                        if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
-                            memo[_U4(data, pos + 1)[0]] = value
-                            pos += 5
-                            fused += 1
+                        if pos <= put_end and len(memo) < max_memo:
+                            if data[pos] == 0x72:
+                                memo[_U4(data, pos + 1)[0]] = value
+                                pos += 5
+                                fused += 1
+                            elif data[pos] == 0x71:
+                                memo[data[pos + 1]] = value
+                                pos += 2
+                                fused += 1
                     elif op == 0x28:  # ( MARK
                         fence = len(stack)
                         mark(fence)
@@ -409,10 +430,15 @@ class Walker:
                         value = (pop(),)
                         moved += 1
                         append(value)
-                        if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
-                            memo[_U4(data, pos + 1)[0]] = value
-                            pos += 5
-                            fused += 1
+                        if pos <= put_end and len(memo) < max_memo:
+                            if data[pos] == 0x72:
+                                memo[_U4(data, pos + 1)[0]] = value
+                                pos += 5
+                                fused += 1
+                            elif data[pos] == 0x71:
+                                memo[data[pos + 1]] = value
+                                pos += 2
+                                fused += 1
                     elif op == 0x86:  # TUPLE2
                         if len(stack) - fence < 2:
                             raise _Invalid("unpickling stack underflow")
@@ -420,10 +446,15 @@ class Walker:
                         value = (pop(), value)
                         moved += 2
                         append(value)
-                        if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
-                            memo[_U4(data, pos + 1)[0]] = value
-                            pos += 5
-                            fused += 1
+                        if pos <= put_end and len(memo) < max_memo:
+                            if data[pos] == 0x72:
+                                memo[_U4(data, pos + 1)[0]] = value
+                                pos += 5
+                                fused += 1
+                            elif data[pos] == 0x71:
+                                memo[data[pos + 1]] = value
+                                pos += 2
+                                fused += 1
                     elif op == 0x4D:  # M BININT2
                         if pos + 2 > end:
                             self._need(pos, 2)
@@ -449,7 +480,7 @@ class Walker:
                         if pos + 1 + n > end:
                             self._need(pos + 1, n)
                         try:
-                            append(str(data[pos + 1:pos + 1 + n], "utf-8", "surrogatepass"))
+                            append(data[pos + 1:pos + 1 + n].decode("utf-8", "surrogatepass"))
                         except UnicodeDecodeError:
                             append(self._counted(pos + 1, n, "SHORT_BINUNICODE", True)[0])
                         pos += 1 + n
@@ -477,19 +508,24 @@ class Walker:
                         value = (pop(), b, c)
                         moved += 3
                         append(value)
-                        if pos <= put_end and data[pos] == 0x72 and len(memo) < max_memo:
-                            memo[_U4(data, pos + 1)[0]] = value
-                            pos += 5
-                            fused += 1
+                        if pos <= put_end and len(memo) < max_memo:
+                            if data[pos] == 0x72:
+                                memo[_U4(data, pos + 1)[0]] = value
+                                pos += 5
+                                fused += 1
+                            elif data[pos] == 0x71:
+                                memo[data[pos + 1]] = value
+                                pos += 2
+                                fused += 1
                     elif op == 0x88:  # NEWTRUE
                         append(True)
                     elif op == 0x2E:  # . STOP
-                        if count + fused > limit:  # the chunk checks run late; the limit is exact
-                            self._check_budget(count + fused, limit, pos)
+                        if done + count + fused > limit:  # the chunk checks run late; the limit is exact
+                            self._check_budget(done + count + fused, limit, pos)
                         self._check_values(len(stack) + len(memo) + len(marks) + self.held + moved, pos)
                         trace.root = _pop_fenced(stack, fence)
                         trace.stopped = True
-                        trace.opcodes = count + fused
+                        trace.opcodes = done + count + fused
                         trace.frame_end = self.frame_end
                         if pos < self.frame_end:
                             self._diverge(pos - 1, f"STOP leaves {self.frame_end - pos:,} bytes of its frame unread: "
@@ -1022,6 +1058,8 @@ def walk(data, start: int = 0, end: int | None = None, *, max_opcodes: int = MAX
     stop = len(data) if end is None else min(end, len(data))
     walker = Walker(data, start, stop, max_opcodes=max_opcodes, max_memo=max_memo, deadline=deadline,
                     build_hook=build_hook, max_values=max_values)
+    if not gc.isenabled():  # paused by the caller (the scanner pauses it per file): a small walk's
+        return walker.run()  # cost is mostly fixed, the context manager was a fifth of it
     with collector_paused():
         return walker.run()
 

@@ -26,19 +26,28 @@ class Span:
     def size(self) -> int:
         return self.end - self.start
 
+    # head, tail and read are called dozens of times per small file: conditional expressions, not
+    # min()/max() calls, and no copy of a slice of ``bytes`` (it is already one)
     def head(self, n: int) -> bytes:
-        return bytes(self.buf[self.start:min(self.end, self.start + n)])
+        start, end = self.start, self.end
+        stop = start + n
+        data = self.buf[start:stop if stop < end else end]
+        return data if type(data) is bytes else bytes(data)
 
     def tail(self, n: int) -> bytes:
         return bytes(self.buf[max(self.start, self.end - n):self.end])
 
     def read(self, offset: int, n: int) -> bytes:
         """``n`` bytes at ``offset`` relative to the span (fewer at its end)."""
-        lo = self.start + max(0, offset)
-        hi = min(self.end, lo + max(0, n))
-        if type(self.buf) is FileMap:
-            return self.buf.pread(lo, hi) if lo < hi else b""
-        return bytes(self.buf[lo:hi])
+        buf, end = self.buf, self.end
+        lo = self.start + offset if offset > 0 else self.start
+        hi = lo + n if n > 0 else lo
+        if hi > end:
+            hi = end
+        if type(buf) is FileMap:
+            return buf.pread(lo, hi) if lo < hi else b""
+        data = buf[lo:hi]
+        return data if type(data) is bytes else bytes(data)
 
     def reader_at(self) -> Callable[[int, int], bytes]:
         """``read(lo, hi)``: the bytes of ``buf[lo:hi]`` (absolute positions, which the caller keeps
@@ -119,18 +128,37 @@ class FileMap(mmap.mmap):
             raise UnreadableFileError(f"cannot read bytes {lo:,}-{hi - 1:,}: {exc.strerror or exc}") from exc
 
 
-class MappedFile:
-    """A file opened read-only and memory-mapped (an empty file maps to ``b""``)."""
+SMALL_FILE_BYTES = 1 << 20
+"""Files up to this size are read whole when a caller asks for ``read_small`` (the scanner does)."""
 
-    def __init__(self, path: str | os.PathLike):
+
+class MappedFile:
+    """A file opened read-only and memory-mapped (an empty file maps to ``b""``).
+
+    ``read_small``: a file of at most :data:`SMALL_FILE_BYTES` is read whole into ``bytes`` instead
+    (one read). A scan of a small file touches most of its bytes anyway, in many small reads (sniff,
+    zip end record, directory, local headers, members): mapping it, faulting its pages in and
+    unmapping it cost more than the read, which was half the scan of a folder of small files.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, read_small: bool = False):
         self.path = os.fspath(path)
+        self._map: FileMap | None = None
         try:
-            self._fh = open(self.path, "rb")
-            size = os.fstat(self._fh.fileno()).st_size
-            self._map = FileMap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-            if self._map is not None:
-                self._map.fd = self._fh.fileno()
+            self._fh = open(self.path, "rb", buffering=0)  # only its descriptor is used
+            fd = self._fh.fileno()
+            size = os.fstat(fd).st_size
+            if read_small and size <= SMALL_FILE_BYTES:
+                data = _read_whole(fd, size)
+                self._fh.close()
+                self.span = Span(data, 0, len(data))
+                return
+            if size:
+                self._map = FileMap(fd, 0, access=mmap.ACCESS_READ)
+                self._map.fd = fd
         except (OSError, ValueError) as exc:
+            if hasattr(self, "_fh"):
+                self._fh.close()
             raise UnreadableFileError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", path=self.path) from exc
         self.span = Span(self._map if self._map is not None else b"", 0, size)
 
@@ -144,3 +172,20 @@ class MappedFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_whole(fd: int, size: int) -> bytes:
+    """The first ``size`` bytes (the size ``fstat`` gave, as a map of the file would hold; fewer
+    if the file shrank meanwhile)."""
+    data = os.read(fd, size)
+    if len(data) == size:
+        return data
+    chunks = [data]
+    got = len(data)
+    while got < size:
+        more = os.read(fd, size - got)
+        if not more:
+            break
+        chunks.append(more)
+        got += len(more)
+    return b"".join(chunks)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import struct
 from collections.abc import Callable
@@ -54,14 +55,27 @@ def read_npy_header(span: Span) -> NpyHeader:
     return NpyHeader(descr, shape, bool(header.get("fortran_order", False)), start + size, _has_object(descr))
 
 
+MEMO_HEADER_BYTES = 1024
+"""Headers up to this size (``np.save`` writes 128 bytes for most arrays) have their parse memoized."""
+
+
 def _literal(raw: bytes, encoding: str) -> dict:
     try:
-        value = ast.literal_eval(raw.decode(encoding))
+        text = raw.decode(encoding)
+        value = _parsed(text) if len(raw) <= MEMO_HEADER_BYTES else ast.literal_eval(text)
     except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError, TypeError) as exc:
         raise ParseError(f".npy header is not a Python literal: {type(exc).__name__}") from None
     if not isinstance(value, dict) or not {"descr", "shape"} <= value.keys():
         raise ParseError(".npy header is not a dict with 'descr' and 'shape'")
     return value
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str) -> object:
+    """``ast.literal_eval`` (numpy's own reader parses the header so), memoized by the header text:
+    a pure function of it, and most of the scan of a small ``.npy`` file (``compile``); the arrays
+    of one folder mostly share a header. Callers only read the value (it may be shared)."""
+    return ast.literal_eval(text)
 
 
 _PLAIN_DESCR = re.compile(r"[<>|=]?(?:b1|[iu][1248]|f[248]|c8|c16)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from typing import TypeVar
 
 from tensorsafe.readers.blob import Span
 from tensorsafe.readers.zip_directory import END_MAGIC, find_end_record
@@ -68,27 +69,35 @@ class Kind(str, enum.Enum):
     UNKNOWN = "unknown"
 
 
+_T = TypeVar("_T")
+
+
+def _by_first_byte(magics: tuple[tuple[bytes, _T], ...]) -> dict[int, tuple[tuple[bytes, _T], ...]]:
+    """The magics grouped by their first byte, in their order: a lookup finds the candidates, and
+    the first of them that matches is the first in the whole list that does."""
+    out: dict[int, tuple[tuple[bytes, _T], ...]] = {}
+    for magic, what in magics:
+        out[magic[0]] = out.get(magic[0], ()) + ((magic, what),)
+    return out
+
+
+LEADING_MAGICS = _by_first_byte((
+    (ZIP_LOCAL_MAGIC, Kind.ZIP), (ZIP_EMPTY_MAGIC, Kind.ZIP), (NPY_MAGIC, Kind.NPY), (GGUF_MAGIC, Kind.GGUF),
+    (HDF5_MAGIC, Kind.HDF5), (GZIP_MAGIC, Kind.GZIP), (BZ2_MAGIC, Kind.BZ2), (XZ_MAGIC, Kind.XZ),
+    (LZ4_FRAME_MAGIC, Kind.LZ4), (ZSTD_FRAME_MAGIC, Kind.ZSTD),
+))
+"""The kinds told by magic bytes alone, checked first and in this order (a bz2 magic also needs a
+block-size digit)."""
+_UNOPENED_BY_FIRST_BYTE = _by_first_byte(UNOPENED_FORMATS)
+
+
 def sniff(span: Span) -> Kind:
     """What the first bytes say the span is. ``UNKNOWN`` may still be a protocol-0/1 pickle."""
     head = span.head(512)
-    if head.startswith(ZIP_LOCAL_MAGIC) or head.startswith(ZIP_EMPTY_MAGIC):
-        return Kind.ZIP
-    if head.startswith(NPY_MAGIC):
-        return Kind.NPY
-    if head.startswith(GGUF_MAGIC):
-        return Kind.GGUF
-    if head.startswith(HDF5_MAGIC):
-        return Kind.HDF5
-    if head.startswith(GZIP_MAGIC):
-        return Kind.GZIP
-    if head.startswith(BZ2_MAGIC) and len(head) > 3 and head[3:4] in b"123456789":
-        return Kind.BZ2
-    if head.startswith(XZ_MAGIC):
-        return Kind.XZ
-    if head.startswith(LZ4_FRAME_MAGIC):
-        return Kind.LZ4
-    if head.startswith(ZSTD_FRAME_MAGIC):
-        return Kind.ZSTD
+    if head:
+        for magic, kind in LEADING_MAGICS.get(head[0], ()):
+            if head.startswith(magic) and (kind is not Kind.BZ2 or len(head) > 3 and head[3:4] in b"123456789"):
+                return kind
     if _is_skippable_frame(head):
         return _after_skippable_frames(span)
     if is_safetensors(span, head):
@@ -124,7 +133,7 @@ def hdf5_superblock(span: Span) -> int | None:
 
 def unopened_format(head: bytes) -> str | None:
     """The name of an archive or compression format that tensorsafe does not open, if ``head`` starts one."""
-    for magic, name in UNOPENED_FORMATS:
+    for magic, name in _UNOPENED_BY_FIRST_BYTE.get(head[0], ()) if head else ():
         if head.startswith(magic):
             return name
     return None

@@ -64,6 +64,8 @@ class Directory:
     entries: list[Entry]
     start_dir: int
     """Where the central directory starts (``zipfile.ZipFile.start_dir``)."""
+    end_record: int
+    """Where the end record is (:func:`find_end_record`)."""
 
 
 def read_directory(span: Span, max_read: int) -> Directory:
@@ -82,7 +84,7 @@ def read_directory(span: Span, max_read: int) -> Directory:
     if size_cd > max_read:
         raise LimitExceeded("MAX_READ_BYTES", max_read, f"a single read of {size_cd:,} bytes is too large")
     data = span.read(start_dir, size_cd)
-    return Directory(_entries(data, size_cd, concat), start_dir)
+    return Directory(_entries(data, size_cd, concat), start_dir, location)
 
 
 def find_end_record(span: Span) -> int | None:
@@ -90,7 +92,9 @@ def find_end_record(span: Span) -> int | None:
     comment, else the last ``PK\\5\\6`` in the final :data:`END_SEARCH_BYTES` (``None``: no zip for it).
     Every reader in the project that asks "is there a zip at the end" asks this."""
     size = span.size
-    tail = span.read(max(0, size - END_RECORD.size), END_RECORD.size)
+    if size < END_RECORD.size:  # no room for a record (zipfile's search finds none either)
+        return None
+    tail = span.read(size - END_RECORD.size, END_RECORD.size)
     if len(tail) == END_RECORD.size and tail[:4] == END_MAGIC and tail[-2:] == b"\0\0":
         return size - END_RECORD.size
     first = max(size - END_SEARCH_BYTES, 0)

@@ -1,7 +1,7 @@
 """The walker's fused opcodes (tensorsafe/pickles/walker.py, ``_loop``) against its plain path.
 
-The loop runs a ``LONG_BINPUT`` that follows TUPLE/TUPLE1-3/REDUCE/BINUNICODE, and the second
-MARK of a pair, in the same iteration as the opcode before it. The reference is the same walker
+The loop runs a ``LONG_BINPUT`` or ``BINPUT`` that follows TUPLE/TUPLE1-3/REDUCE/BINUNICODE, and the
+second MARK of a pair, in the same iteration as the opcode before it. The reference is the same walker
 with fusion made impossible: a ``FRAME`` opcode (it changes no stack, memo or mark) is put in
 front of every put and every MARK, so each runs as an opcode of its own. Both walks must see
 the same values, imports, calls, references and errors, at the same offsets once the inserted
@@ -85,7 +85,7 @@ def streams(draw) -> tuple[list[bytes], int]:
             depths += [0] * len(tokens[-1])
         elif kind == "put":
             i = draw(st.integers(0, 6))
-            tokens.append(b"r" + U4(i))
+            tokens.append(draw(st.sampled_from([b"r" + U4(i), b"q" + bytes([i])])))
             memo.append(i)
         elif kind in ("tuple1", "tuple2", "tuple3"):
             n = int(kind[-1])
@@ -107,7 +107,7 @@ def streams(draw) -> tuple[list[bytes], int]:
             tokens.append(draw(token))
         if kind in ("push", "tuple", "tuple1", "tuple2", "tuple3", "reduce") and draw(st.booleans()):
             i = draw(st.integers(0, 6))  # a put right after a new value, as torch writes them (fused)
-            tokens.append(b"r" + U4(i))
+            tokens.append(draw(st.sampled_from([b"r" + U4(i), b"q" + bytes([i])])))
             memo.append(i)
     if draw(st.integers(0, 3)):  # close every mark: the root holds everything left on the stack
         tokens.append(b"t" * (len(depths) - 1) + b".")
@@ -122,7 +122,7 @@ def unfused(tokens: list[bytes]) -> tuple[bytes, list[int]]:
     out, inserted = b"", []
     for t in tokens:
         for part in ([b"("] * len(t) if t.strip(b"(") == b"" else [t]):  # "((": a frame before each MARK
-            if part[:1] in (b"r", b"("):
+            if part[:1] in (b"r", b"q", b"("):
                 inserted.append(len(out))
                 out += FRAME
             out += part
