@@ -90,6 +90,8 @@ def _policy_and_advisories(check: HeaderCheck, src: ByteSource, header: Header, 
 
 def to_findings(path: str, issues: Iterable[Issue], location: Location = Location()) -> list[Finding]:
     """Issues as findings; past :data:`MAX_FINDINGS_PER_RULE` of one rule, one finding counts the rest."""
+    if not issues:
+        return []
     findings, counts = [], {}
     for issue in issues:
         n = counts[issue.rule_id] = counts.get(issue.rule_id, 0) + 1

@@ -31,14 +31,6 @@ _Size = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 2^64) and bounds only up to 2^63: the few headers with sizes in [2^63, 2^64) take the exact reader."""
 
 
-class _Range(msgspec.Struct, gc=False, array_like=True):
-    """``data_offsets``: ``[begin, end]``. A struct, not a tuple: the garbage collector does not
-    track it, and a big header makes thousands of them."""
-
-    begin: _Size
-    end: _Size
-
-
 class _Entry(msgspec.Struct, gc=False):
     """A top-level value as the writer writes a tensor, fields in the writer's order. The metadata
     object decodes to one too (its string values skipped: it is decoded on its own), so one pass
@@ -48,14 +40,13 @@ class _Entry(msgspec.Struct, gc=False):
     # Defaults outside the types: a ``null`` in the text is refused, a missing field encodes as ``null``.
     dtype: Literal[tuple(DTYPE_BITS)] = None  # type: ignore[valid-type, assignment]
     shape: tuple[_Size, ...] = None  # type: ignore[assignment]
-    data_offsets: _Range = None  # type: ignore[assignment]
+    data_offsets: tuple[_Size, _Size] = None  # type: ignore[assignment]
 
 
 _ENTRIES = msgspec.json.Decoder(dict[str, _Entry])
 _METADATA_MAP = msgspec.json.Decoder(dict[str, str])
 _ENCODER = msgspec.json.Encoder()
-_DTYPE, _SHAPE = attrgetter("dtype"), attrgetter("shape")
-_BEGIN, _END = attrgetter("data_offsets.begin"), attrgetter("data_offsets.end")
+_DTYPE, _SHAPE, _OFFSETS = attrgetter("dtype"), attrgetter("shape"), attrgetter("data_offsets")
 _COMMA = ord(",")
 
 
@@ -76,7 +67,7 @@ def read(text: str, data: bytes | None = None) -> Canonical | None:
         return None
     start, stop = span
     try:
-        entries = _ENTRIES.decode(memoryview(raw)[start:stop])
+        entries = _ENTRIES.decode(raw)  # around the object only JSON whitespace (checked): no slice needed
         has_metadata = entries.pop("__metadata__", None) is not None
         tensors_at = _tensors_written_at(raw, start, stop, _ENCODER.encode(entries), has_metadata)
         if tensors_at < 0:
@@ -122,7 +113,7 @@ def _metadata(raw: bytes, begin: int, end: int) -> dict[str, str] | None:
 
 
 def _table(entries: dict[str, _Entry]) -> TensorTable:
-    """The decoded entries as columns."""
+    """The decoded entries as columns: one C-level pass per column, the offsets split by ``zip``."""
     tensors = entries.values()
-    return TensorTable(tuple(entries), tuple(map(_DTYPE, tensors)), tuple(map(_SHAPE, tensors)),
-                       list(map(_BEGIN, tensors)), list(map(_END, tensors)))
+    begins, ends = zip(*map(_OFFSETS, tensors)) if tensors else ((), ())
+    return TensorTable(tuple(entries), tuple(map(_DTYPE, tensors)), tuple(map(_SHAPE, tensors)), begins, ends)

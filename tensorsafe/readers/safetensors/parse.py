@@ -22,7 +22,7 @@ def parse_header(raw: RawHeader, *, accelerate: bool = True) -> Header:
     ``accelerate=False`` skips the canonical reader and the C scanner (tests compare the two)."""
     fast = canonical.read(raw.text, raw.data) if accelerate else None
     if fast is not None:
-        depth = 3 if len(fast.table) else 2 if fast.metadata is not None else 1
+        depth = 3 if fast.table.names else 2 if fast.metadata is not None else 1
         return Header(raw.length, raw.file_size, fast.table, fast.metadata, max_depth=depth,
                       leading_whitespace=fast.leading_whitespace, trailing_padding=fast.trailing_padding)
     reader = SerdeReader(raw.text, accelerate=accelerate)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from itertools import chain
 from math import prod
 from operator import mul
+from typing import Sequence
 
 from tensorsafe.readers.safetensors.model import Entry
 from tensorsafe.tensors import DTYPE_BITS
@@ -22,7 +23,7 @@ class TensorTable:
     ``ends``) and, on demand, as rows (name, dtype, shape, begin, end)."""
 
     def __init__(self, names: tuple[str, ...], dtypes: tuple[str, ...], shapes: tuple[tuple[int, ...], ...],
-                 begins: list[int], ends: list[int]):
+                 begins: Sequence[int], ends: Sequence[int]):
         self.names, self.dtypes, self.shapes, self.begins, self.ends = names, dtypes, shapes, begins, ends
         self._rows: list[Entry] | None = None
         self._dims = self._numel = self._element_bytes = self._nbytes = self._dtype_set = None
@@ -30,9 +31,9 @@ class TensorTable:
     @classmethod
     def from_entries(cls, entries: list[Entry]) -> "TensorTable":
         if not entries:
-            return cls((), (), (), [], [])
+            return cls((), (), (), (), ())
         names, dtypes, shapes, begins, ends = zip(*entries)
-        table = cls(names, dtypes, shapes, list(begins), list(ends))
+        table = cls(names, dtypes, shapes, begins, ends)
         table._rows = entries
         return table
 
