@@ -154,8 +154,9 @@ RULES: dict[str, Rule] = {r.id: r for r in [
           "The file is corrupted or crafted; it cannot be judged."),
     # --- files --------------------------------------------------------------------------------
     _rule("IO-01", "unreadable-file", E, HIGH,
-          "The file could not be read.",
-          "Check the path and permissions."),
+          "The file could not be read, or not all of it: it holds more bytes than its size says (a /proc or "
+          "FUSE file, a file still being written), which a loader would read too.",
+          "Check the path and permissions; scan a file once it is complete, from a regular file system."),
     _rule("IO-02", "scan-time-limit", E, HIGH,
           "Scanning the file took longer than the time limit.",
           "Raise --timeout only for a file you trust."),

@@ -65,11 +65,13 @@ def scan_pickle_stream(fs: "FileScan", span: Span, location: Location, depth: in
 def _fails_at_once(fs: "FileScan", span: Span) -> bool:
     """The walk would stop at the first opcode (or the one after PROTO) with a parse error, before
     any STOP, import or call (``cannot_be_pickle``): ``looks_like_pickle`` is False without it. The
-    walk checks a limit that early only at a STOP (opcode count 1 or 2, no value held), so the
-    shortcut holds unless a limit is set below that. Most small text files (a torch zip's
-    ``version``, ``byteorder``) end here."""
+    walk checks a limit that early only at a STOP (opcode count 1 or 2, no value held) or at a put
+    (the memo's room is checked before the stack: a first PUT with no memo room is a limit error,
+    which ``looks_like_pickle`` takes as a pickle), so the shortcut holds unless a limit is set
+    below that. Most small text files (a torch zip's ``version``, ``byteorder``) end here."""
     limits = fs.limits
-    return limits.max_opcodes >= 2 and limits.max_values >= 0 and cannot_be_pickle(span.head(3))
+    return (limits.max_opcodes >= 2 and limits.max_values >= 0 and limits.max_memo_entries >= 1
+            and cannot_be_pickle(span.head(3)))
 
 
 def _judge(fs: "FileScan", trace: PickleTrace, span: Span, location: Location, depth: int) -> None:

@@ -150,12 +150,17 @@ class MappedFile:
             size = os.fstat(fd).st_size
             if read_small and size <= SMALL_FILE_BYTES:
                 data = _read_whole(fd, size)
+                _check_no_more(fd, size, self.path)
                 self._fh.close()
                 self.span = Span(data, 0, len(data))
                 return
             if size:
                 self._map = FileMap(fd, 0, access=mmap.ACCESS_READ)
                 self._map.fd = fd
+            _check_no_more(fd, size, self.path)
+        except UnreadableFileError:
+            self.close()
+            raise
         except (OSError, ValueError) as exc:
             if hasattr(self, "_fh"):
                 self._fh.close()
@@ -172,6 +177,15 @@ class MappedFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_no_more(fd: int, size: int, path: str) -> None:
+    """A loader reads a file to its end, whatever its size says: a file that holds bytes past the size
+    ``fstat`` gave (``/proc`` files say 0, a FUSE file system may say anything, a file may be growing)
+    has bytes the scan would not read, so it is not judged."""
+    if os.pread(fd, 1, size):
+        raise UnreadableFileError(f"holds more bytes than its size ({size:,}) says (a special or growing file): "
+                                  "not judged", path=path)
 
 
 def _read_whole(fd: int, size: int) -> bytes:

@@ -7,6 +7,7 @@ headers are parsed once per distinct header text. Each case here scans real file
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import zipfile
@@ -90,3 +91,12 @@ def test_a_stream_that_fails_at_once_is_still_walked_when_a_limit_is_that_low(sc
     assert scan_bytes(b".", "dot.txt").exit_code == 0
     limited = scan_bytes(b".", "dot.txt", limits=ScanLimits(max_opcodes=0))
     assert "PK-L01" in rule_ids(limited)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc (a file whose size says 0)")
+def test_a_file_with_more_bytes_than_its_size_is_not_judged():
+    """/proc files say they hold 0 bytes and hold more: a loader reads them, so a scan of "nothing" is no verdict."""
+    report = tensorsafe.scan("/proc/self/status")
+    assert report.exit_code == 2 and not report.clean
+    assert "holds more bytes than its size" in report.files[0].findings[0].message
+
