@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import mmap
 import os
+import stat
 from dataclasses import dataclass
 from typing import Callable
 
@@ -145,9 +146,15 @@ class MappedFile:
         self.path = os.fspath(path)
         self._map: FileMap | None = None
         try:
-            self._fh = open(self.path, "rb", buffering=0)  # only its descriptor is used
+            # O_NONBLOCK: a FIFO put where a checked file was opens at once (not waiting for a writer) and is refused
+            flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+            self._fh = os.fdopen(os.open(self.path, flags), "rb", buffering=0)  # only its descriptor is used
             fd = self._fh.fileno()
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UnreadableFileError(f"cannot read: {_special_kind(st.st_mode)}, not a regular file",
+                                          path=self.path)
+            size = st.st_size
             if read_small and size <= SMALL_FILE_BYTES:
                 data = _read_whole(fd, size)
                 _check_no_more(fd, size, self.path)
@@ -177,6 +184,18 @@ class MappedFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _special_kind(mode: int) -> str:
+    """What a file that is no regular file is: it is refused after the open, which ``O_NONBLOCK``
+    keeps from waiting when a FIFO was put where a checked file was."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (a pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file"
 
 
 def _check_no_more(fd: int, size: int, path: str) -> None:

@@ -15,6 +15,8 @@ import zipfile
 import pytest
 
 import tensorsafe
+from tensorsafe.engine import scanner
+from tensorsafe.errors import UnreadableFileError
 from tensorsafe.limits import ScanLimits
 from tensorsafe.readers import blob
 from tests import pickle_ops as ops
@@ -100,3 +102,16 @@ def test_a_file_with_more_bytes_than_its_size_is_not_judged():
     assert report.exit_code == 2 and not report.clean
     assert "holds more bytes than its size" in report.files[0].findings[0].message
 
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_a_fifo_put_where_a_checked_file_was_is_refused_without_waiting(tmp_path, monkeypatch):
+    """The scanner stats a path before it opens it; a FIFO swapped in between must not block the scan
+    (opening a FIFO for reading waits for a writer) and is no verdict."""
+    fifo = tmp_path / "model.ckpt"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(scanner, "_not_a_regular_file", lambda fs: False)  # as if the stat saw a regular file
+    with pytest.raises(UnreadableFileError, match="a FIFO"):
+        blob.MappedFile(fifo, read_small=True)
+    report = tensorsafe.scan(fifo)
+    assert report.exit_code == 2 and "IO-01" in rule_ids(report)
