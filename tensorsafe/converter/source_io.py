@@ -17,12 +17,13 @@ writer goes on. Where no lease can be had, the ``pread`` data path and the ident
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
 from tensorsafe.errors import TensorsafeError, UnreadableFileError
 
@@ -210,6 +211,8 @@ def leases_held() -> Iterator[None]:
         yield
         return
     previous = signal.signal(signal.SIGIO, _LEASES.on_sigio)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_quiet_if_broken, previous_hook)
     _LEASES.active = True
     try:
         yield
@@ -218,6 +221,17 @@ def leases_held() -> Iterator[None]:
         for w in list(_LEASES.held.values()):
             _LEASES.release(w)
         signal.signal(signal.SIGIO, previous)
+        sys.unraisablehook = previous_hook
+
+
+def _quiet_if_broken(previous: Callable[[sys.UnraisableHookArgs], object], unraisable: sys.UnraisableHookArgs) -> None:
+    """``sys.unraisablehook`` while leases are held. A lease break's signal can land where Python cannot
+    raise (a weakref callback, a ``__del__``): the ``SourceChangedError`` is then printed as "Exception
+    ignored" and dropped. It is not lost: ``on_sigio`` marked the source broken first, and the check
+    before the output is committed reports it. So it is not printed; anything else is."""
+    if isinstance(unraisable.exc_value, SourceChangedError):
+        return
+    previous(unraisable)
 
 
 @contextlib.contextmanager
