@@ -67,6 +67,12 @@ def path(*, exists: bool = False, file_okay: bool = True, dir_okay: bool = True,
     return checked
 
 
+INPUT_FILE = path(exists=True, dir_okay=False, as_text=True)
+"""A file the command reads (as the user wrote it)."""
+INPUT_FOLDER = path(exists=True, file_okay=False, as_text=True)
+"""A folder the command reads (as the user wrote it)."""
+
+
 def check_path(text: str, *, exists: bool, file_okay: bool, dir_okay: bool) -> None:
     """Raise :class:`argparse.ArgumentTypeError` when ``text`` breaks the rules of :func:`path`."""
     kind = "File" if file_okay and not dir_okay else "Directory" if dir_okay and not file_okay else "Path"

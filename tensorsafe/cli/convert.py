@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tensorsafe.cli.arguments import int_range, key_value, path
+from tensorsafe.cli.arguments import INPUT_FILE, INPUT_FOLDER, int_range, key_value, path
 from tensorsafe.cli.hub import local_source, path_or_hub
 from tensorsafe.cli.output import echo
 from tensorsafe.cli.render import require_render_extra
@@ -106,9 +106,6 @@ huggingface_hub's cache first, then converted like a local one.
 """
 
 
-FOLDER = path(exists=True, file_okay=False, as_text=True)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", type=path_or_hub(exists=True), metavar="SRC",
                         help="A checkpoint file, a diffusers or weights folder, or an hf:// file or folder.")
@@ -123,12 +120,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: state_dict, model_state_dict, model, module, net, network are unwrapped).")
     parser.add_argument("--metadata", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="To safetensors weights: a __metadata__ entry (repeatable); added to format=pt.")
-    parser.add_argument("--vae", type=path(exists=True, dir_okay=False, as_text=True), metavar="FILE",
+    parser.add_argument("--vae", type=INPUT_FILE, metavar="FILE",
                         help="Take the VAE from this file instead.")
-    parser.add_argument("--config", dest="config_folder", type=FOLDER, metavar="FOLDER",
+    parser.add_argument("--config", dest="config_folder", type=INPUT_FOLDER, metavar="FOLDER",
                         help="Take component configs, scheduler and tokenizers from this diffusers folder (a "
                              "tokenizer folder it lacks gets the bundled CLIP tokenizer; the summary says so).")
-    parser.add_argument("--base", dest="base_folder", type=FOLDER, metavar="FOLDER",
+    parser.add_argument("--base", dest="base_folder", type=INPUT_FOLDER, metavar="FOLDER",
                         help="Take the components the file lacks (VAE, text encoders of a UNet-only file) from this "
                              "diffusers folder.")
     parser.add_argument("--model-type", metavar="FAMILY",

@@ -10,7 +10,7 @@ import importlib.util
 import json
 import re
 
-from tensorsafe.cli.arguments import float_range, int_range, path
+from tensorsafe.cli.arguments import INPUT_FILE, INPUT_FOLDER, float_range, int_range, path
 from tensorsafe.cli.output import echo
 from tensorsafe.cli.progress import Reporter, render_notes, step_reporter
 from tensorsafe.errors import UsageError
@@ -83,7 +83,6 @@ Examples:
       --embedding my-style.pt --vae vae-ft-mse.safetensors -o cat.png
 """
 
-INPUT_FILE = path(exists=True, dir_okay=False, as_text=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="With an input picture (img2img, inpaint, depth): how much of it to repaint [default: "
                              "diffusers' for the task: 0.8, SDXL refiner 0.3, inpaint 1.0; 1.0 for a made-up "
                              "picture].")
-    parser.add_argument("--config", dest="config_folder", type=path(exists=True, file_okay=False, as_text=True),
+    parser.add_argument("--config", dest="config_folder", type=INPUT_FOLDER,
                         metavar="FOLDER",
                         help="Single files: take component configs from this diffusers folder (as convert --config).")
     parser.add_argument("--model-type", metavar="FAMILY",

@@ -145,6 +145,7 @@ class MappedFile:
     def __init__(self, path: str | os.PathLike, *, read_small: bool = False):
         self.path = os.fspath(path)
         self._map: FileMap | None = None
+        self._fh: io.FileIO | None = None
         try:
             # O_NONBLOCK: a FIFO put where a checked file was opens at once (not waiting for a writer) and is refused
             flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -169,15 +170,15 @@ class MappedFile:
             self.close()
             raise
         except (OSError, ValueError) as exc:
-            if hasattr(self, "_fh"):
-                self._fh.close()
+            self.close()
             raise UnreadableFileError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", path=self.path) from exc
         self.span = Span(self._map if self._map is not None else b"", 0, size)
 
     def close(self) -> None:
         if self._map is not None:
             self._map.close()
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
 
     def __enter__(self) -> "MappedFile":
         return self
