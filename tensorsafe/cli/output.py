@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from tensorsafe.cli.arguments import path
+from tensorsafe.errors import OutputError
 from tensorsafe.formats import to_json, to_sarif, to_text
 from tensorsafe.report import Report
 
@@ -50,6 +51,12 @@ def emit(report: Report, fmt: str, output: Path | None, verbose: bool) -> None:
 
 
 def write_atomically(file: Path, text: str) -> None:
-    tmp = file.with_name(f".{file.name}.tensorsafe-tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(file)
+    """Through the converter's staged output (a temporary file beside ``file``, renamed into place
+    when complete, removed on failure): a missing folder or a failed write is a one-line error."""
+    from tensorsafe.converter.output import staged  # its imports are paid only with -o
+
+    try:
+        with staged(file, overwrite=True, folder=False) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"cannot write the report: {exc.strerror or exc}", path=file) from None

@@ -136,3 +136,23 @@ def test_timeout_is_an_error_not_clean(tmp_path):
     result = invoke(["scan", "--timeout", "0.001", str(tmp_path / "big")])
     assert result.exit_code == 2
     assert "IO-02" in result.output or "PK-L01" in result.output
+
+
+def test_a_report_into_a_missing_folder_is_a_one_line_error(fixtures_dir, tmp_path):
+    """Regression: ``-o`` into a folder that does not exist ended in a traceback and exit 1 ("a finding")."""
+    target = tmp_path / "missing" / "report.json"
+    result = invoke(["scan", "--json", "-o", str(target), str(fixtures_dir / "tiny-sd1.ckpt")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"tensorsafe: error: {target}: the parent folder {target.parent} does not exist; parent folders are not "
+        "created, make it first"]
+    assert not target.parent.exists()
+
+
+def test_a_report_file_is_replaced_whole_and_leaves_nothing_beside_it(fixtures_dir, tmp_path):
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    result = invoke(["scan", "--json", "-o", str(target), str(fixtures_dir / "tiny-sd1.ckpt")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(target.read_text())["files"][0]["verdict"] == "clean"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
