@@ -10,6 +10,7 @@ The PNG carries the prompt and every setting in its text chunks.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+from tensorsafe.converter.output import staged
 from tensorsafe.converter.sources import check_folder
 from tensorsafe.errors import RenderError, TensorsafeError, UsageError, option
 from tensorsafe.pipeline.configs import read_config
@@ -66,54 +68,55 @@ def render(path: str | os.PathLike, prompt: str, negative_prompt: str = "", *, s
     A folder is read only inside itself (:mod:`tensorsafe.paths`; ``allow_symlinks`` follows symlinks
     that lead out of it).
     """
-    src = Path(path)
-    if not src.exists():
-        raise UsageError(f"{src} does not exist", path=src)
-    given = GivenInputs.load(image=image, mask=mask, depth_map=depth_map)  # before any model is read
-    size = given.size() if size is None else size
-    check_options(steps=steps, guidance=guidance, seed=seed, strength=1.0 if strength is None else strength,
-                  prompt=prompt,
-                  negative_prompt=negative_prompt, max_memory_bytes=max_memory_bytes)
-    if scheduler not in SCHEDULER_NAMES:
-        raise UsageError(f"scheduler must be one of {', '.join(SCHEDULER_NAMES)}, not {scheduler!r}")
-    plan = {"steps": steps, "guidance": guidance, "seed": seed, "strength": 1.0 if strength is None else strength,
-            "prompt": prompt,
-            "negative_prompt": negative_prompt, "dtype": dtype, "device": device, "max_memory_bytes": max_memory_bytes}
-    if src.is_dir():
-        check_folder(src, allow_symlinks=allow_symlinks)  # before the preflight reads any of it
-        configs, (width, height), _ = plan_render(src, capped_size(src, size, default_max_side), **plan)
-        fits_configs(configs, given, image_guidance)
-        from tensorsafe.pipeline.pipeline import Pipeline
+    with _staged_png(output) as written:  # the output's folder is checked before the render spends minutes
+        src = Path(path)
+        if not src.exists():
+            raise UsageError(f"{src} does not exist", path=src)
+        given = GivenInputs.load(image=image, mask=mask, depth_map=depth_map)  # before any model is read
+        size = given.size() if size is None else size
+        check_options(steps=steps, guidance=guidance, seed=seed, strength=1.0 if strength is None else strength,
+                      prompt=prompt,
+                      negative_prompt=negative_prompt, max_memory_bytes=max_memory_bytes)
+        if scheduler not in SCHEDULER_NAMES:
+            raise UsageError(f"scheduler must be one of {', '.join(SCHEDULER_NAMES)}, not {scheduler!r}")
+        plan = {"steps": steps, "guidance": guidance, "seed": seed, "strength": 1.0 if strength is None else strength,
+                "prompt": prompt,
+                "negative_prompt": negative_prompt, "dtype": dtype, "device": device, "max_memory_bytes": max_memory_bytes}
+        if src.is_dir():
+            check_folder(src, allow_symlinks=allow_symlinks)  # before the preflight reads any of it
+            configs, (width, height), _ = plan_render(src, capped_size(src, size, default_max_side), **plan)
+            fits_configs(configs, given, image_guidance)
+            from tensorsafe.pipeline.pipeline import Pipeline
 
-        pipe = Pipeline.from_folder(src, device=device, dtype=dtype, allow_symlinks=allow_symlinks)
-    else:
-        _image_size(size)  # the ranges, before converting; the VAE's multiple once the folder exists
-        pipe, (width, height) = _from_single_file(src, size, plan, config, model_type, prediction_type,
-                                                  allow_symlinks, default_max_side,
-                                                  lambda configs: fits_configs(configs, given, image_guidance))
-    from tensorsafe.pipeline.adapters import apply_adapters
+            pipe = Pipeline.from_folder(src, device=device, dtype=dtype, allow_symlinks=allow_symlinks)
+        else:
+            _image_size(size)  # the ranges, before converting; the VAE's multiple once the folder exists
+            pipe, (width, height) = _from_single_file(src, size, plan, config, model_type, prediction_type,
+                                                      allow_symlinks, default_max_side,
+                                                      lambda configs: fits_configs(configs, given, image_guidance))
+        from tensorsafe.pipeline.adapters import apply_adapters
 
-    adapters = apply_adapters(pipe, loras=loras, embeddings=embeddings, vae=vae)
-    job = plan_task(pipe.task, width, height, given, strength=strength, image_guidance=image_guidance)
-    try:
-        result = pipe(prompt, negative_prompt, steps=steps, height=height, width=width, seed=seed, guidance=guidance,
-                      scheduler=scheduler, progress=progress, max_memory_bytes=max_memory_bytes,
-                      **job.pipeline_kwargs())
-    except (MemoryError, RuntimeError) as exc:
-        if isinstance(exc, MemoryError) or _out_of_memory(exc):
-            raise RenderError(f"ran out of memory rendering {width}x{height} ({str(exc).splitlines()[0][:120]}); "
-                              f"choose a smaller size or lower {option('max_memory_bytes', None, cli='--max-memory')}", path=src) from None
-        raise
-    _require_finite(result, src, dtype)
-    image = result.to_pil()
-    settings = {"prompt": prompt, "negative_prompt": negative_prompt, "steps": steps, "size": [width, height],
-                "seed": seed, "guidance": guidance, "scheduler": scheduler, "device": device,
-                "dtype": dtype, **job.settings(), "model": src.name,
-                **({"native_size": pipe.default_size()} if size is None and pipe.default_size() > max(width, height)
-                   else {}), **({"adapters": adapters} if adapters else {})}
-    image.info.update(png_text(settings))
-    if output is not None:
-        save_png(image, output)
+        adapters = apply_adapters(pipe, loras=loras, embeddings=embeddings, vae=vae)
+        job = plan_task(pipe.task, width, height, given, strength=strength, image_guidance=image_guidance)
+        try:
+            result = pipe(prompt, negative_prompt, steps=steps, height=height, width=width, seed=seed, guidance=guidance,
+                          scheduler=scheduler, progress=progress, max_memory_bytes=max_memory_bytes,
+                          **job.pipeline_kwargs())
+        except (MemoryError, RuntimeError) as exc:
+            if isinstance(exc, MemoryError) or _out_of_memory(exc):
+                raise RenderError(f"ran out of memory rendering {width}x{height} ({str(exc).splitlines()[0][:120]}); "
+                                  f"choose a smaller size or lower {option('max_memory_bytes', None, cli='--max-memory')}", path=src) from None
+            raise
+        _require_finite(result, src, dtype)
+        image = result.to_pil()
+        settings = {"prompt": prompt, "negative_prompt": negative_prompt, "steps": steps, "size": [width, height],
+                    "seed": seed, "guidance": guidance, "scheduler": scheduler, "device": device,
+                    "dtype": dtype, **job.settings(), "model": src.name,
+                    **({"native_size": pipe.default_size()} if size is None and pipe.default_size() > max(width, height)
+                       else {}), **({"adapters": adapters} if adapters else {})}
+        image.info.update(png_text(settings))
+        if written is not None:
+            _write_png(image, written)
     return image
 
 
@@ -216,17 +219,25 @@ def png_text(settings: dict) -> dict[str, str]:
 
 def save_png(image, path: str | os.PathLike) -> Path:
     """Write ``image`` as PNG with its string ``info`` entries as text chunks (written beside, then renamed)."""
+    with _staged_png(path) as written:
+        _write_png(image, written)
+    return Path(path)
+
+
+def _staged_png(output: str | os.PathLike | None):
+    """A path beside ``output`` that becomes it when the block completes (none without an output).
+
+    The converter's staged output: a missing folder is a one-line error before any work, a
+    failed or interrupted write leaves the old file as it was and nothing beside it.
+    """
+    return contextlib.nullcontext() if output is None else staged(output, overwrite=True, folder=False)
+
+
+def _write_png(image, path: Path) -> None:
     from PIL.PngImagePlugin import PngInfo
 
-    path = Path(path)
     info = PngInfo()
     for key, value in image.info.items():
         if isinstance(value, str):
             info.add_text(key, value)
-    tmp = path.with_name(f".{path.name}.tensorsafe-tmp")
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    image.save(path, format="PNG", pnginfo=info)

@@ -1,6 +1,7 @@
 """``render`` and ``tensorsafe render``: from a folder or a single file, PNG metadata, dtypes, errors."""
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -167,3 +168,36 @@ def test_cli_refuses_bad_options(tmp_path):
 def test_importing_the_cli_and_render_does_not_import_torch():
     code = "import sys, tensorsafe.cli.render, tensorsafe.pipeline; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_output_in_a_missing_folder_is_refused_before_the_render(tmp_path, monkeypatch):
+    """Regression: the PNG's folder was first tried after the render (minutes on a CPU), then a traceback."""
+    render_module = importlib.import_module("tensorsafe.pipeline.render")  # the package's ``render`` is the function
+
+    def rendered(*args, **kwargs):
+        raise AssertionError("the render started before its output was checked")
+
+    monkeypatch.setattr(render_module, "plan_render", rendered)
+    target = tmp_path / "missing" / "cat.png"
+    with pytest.raises(UsageError, match="does not exist"):
+        render(pt.saved_folder("sd1"), "a cat", steps=1, output=target)
+    result = invoke(["render", str(pt.saved_folder("sd1")), "-p", "a cat", "--steps", "1", "-o", str(target)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and str(tmp_path / "missing") in result.stderr
+    assert not (tmp_path / "missing").exists()
+
+
+def test_an_interrupted_render_keeps_the_old_picture(tmp_path, monkeypatch):
+    """A render stopped midway (Ctrl-C, a kill) leaves the existing PNG as it was and nothing beside it."""
+    render_module = importlib.import_module("tensorsafe.pipeline.render")  # the package's ``render`` is the function
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "cat.png"
+    out.write_bytes(b"the old picture")
+    monkeypatch.setattr(render_module, "plan_task", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        render(pt.saved_folder("sd1"), "a cat", steps=1, output=out)
+    assert out.read_bytes() == b"the old picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.png"]
