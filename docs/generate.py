@@ -20,6 +20,7 @@ RULE_GROUPS = {
     "PK-C": "What a pickle does with its imports",
     "PK-S": "Pickle structure",
     "PK-L": "Pickle limits",
+    "PK-A": "Allocation bombs: what a pickle makes its loader allocate",
     "ZIP-": "Zip containers",
     "ARC-": "Other archives and compression",
     "NPY-": "numpy files",

@@ -22,6 +22,14 @@ MAX_SCAN_SECONDS = 300.0
 MAX_PICKLES_PER_STREAM = 10_000
 DEFAULT_MAX_REMOTE_BYTES = 64 << 20
 """Most bytes one remote scan may fetch (``--deep`` downloads the file instead)."""
+MAX_LOAD_ALLOCATION_BYTES = 1 << 30
+"""PK-A01: most bytes the allowed calls of one pickle may make a loader allocate from nothing in
+the file (``bytearray(n)``, ``set(range(n))``, a numpy shape with no data behind it), one call or
+all of them together. No pickler writes such a call at any size; 1 GiB leaves room for odd writers.
+A torch storage is bounded instead by the bytes the file holds for it."""
+LOAD_ITEM_BYTES = 8
+"""PK-A01: the least memory one container item costs a loader (a pointer): ``list(range(n))`` is
+charged ``8 * n`` bytes against MAX_LOAD_ALLOCATION_BYTES (128 Mi items)."""
 
 
 @dataclass(frozen=True)

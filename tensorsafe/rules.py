@@ -92,6 +92,13 @@ RULES: dict[str, Rule] = {r.id: r for r in [
     _rule("PK-L02", "pickle-memory-limit", E, HIGH,
           "The pickle would hold more values at once than the walk's memory bound (MAX_VALUES).",
           "The file may be a memory bomb; raise the limit only for a file you trust."),
+    _rule("PK-A01", "allocation-bomb", F, HIGH,
+          "Allowed calls would make the loader allocate memory the file does not hold: bytearray(n), a container "
+          "of range(n) or of a stride-0 tensor view, a numpy shape with no data behind it, past 1 GiB in one call "
+          "or all together (MAX_LOAD_ALLOCATION_BYTES); or a torch storage claiming more bytes than the file "
+          "stores for it.",
+          "No pickler writes such a call; loading the file (even torch.load(weights_only=True)) can exhaust "
+          "memory. Treat it as hostile."),
     # --- zip containers -----------------------------------------------------------------------
     _rule("ZIP-01", "zip-name-mismatch", F, HIGH,
           "A zip member's local header names a different file than the central directory.",
@@ -120,6 +127,9 @@ RULES: dict[str, Rule] = {r.id: r for r in [
     _rule("ZIP-09", "torchscript-code", W, MED,
           "The archive holds TorchScript code, which torch.jit.load compiles and runs.",
           "Load it with torch.load(weights_only=True) or convert it to safetensors; do not torch.jit.load it unless you trust it."),
+    _rule("ZIP-10", "model-archive-code", F, HIGH,
+          "A TorchServe model archive (.mar) holds Python code (handler, model or extra file) that serving the model imports.",
+          "Read the code before serving the archive, or serve its weights with a handler you control."),
     # --- other archives and compression -------------------------------------------------------
     _rule("ARC-01", "nesting-too-deep", E, HIGH,
           "Archives are nested deeper than the limit.",
@@ -193,7 +203,7 @@ RULES: dict[str, Rule] = {r.id: r for r in [
           "A GGUF chat template (Jinja) reaches Python internals (__class__, __globals__, __subclasses__, __import__, ...).",
           "Chat templates only format messages; a template that walks Python objects is an escape attempt. Do not load the file."),
     _rule("GGUF-02", "gguf-malformed", E, HIGH,
-          "The GGUF header or metadata cannot be parsed (or a chat template is not valid Jinja).",
+          "The GGUF header, metadata or tensor layout cannot be read as llama.cpp reads it (or a chat template is not valid Jinja).",
           "The file is corrupted or crafted; it cannot be judged."),
     _rule("TPL-01", "chat-template-code", F, CRIT,
           "A chat template in a tokenizer config or template file (Jinja) reaches Python internals (__class__, __globals__, ...).",
@@ -297,7 +307,7 @@ RULES: dict[str, Rule] = {r.id: r for r in [
           "The header nests deeper than tensor entries need, has unknown fields in a tensor entry, or a null `__metadata__`.",
           "Readers ignore such content, so it can carry data unseen; re-save the file with a safetensors writer."),
     _rule("ST-P08", "st-polyglot", F, HIGH,
-          "The file is also a valid zip archive or pickle stream (a polyglot), so other loaders read something else.",
+          "The file is also a zip or tar archive, an HDF5 file or a pickle stream (a polyglot), so other loaders read something else.",
           "Treat the file as hostile; load it only with a safetensors reader, or re-save it."),
     _rule("ST-A01", "st-header-padding", I, INF,
           "The header has leading whitespace, padding other than spaces, or a length that is not a multiple of 8.",

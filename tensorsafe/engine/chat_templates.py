@@ -27,6 +27,10 @@ TEMPLATE_KEY = re.compile(b'"%s"' % b"".join(rb"(?:%s|\\u00(?i:%02x))" % (bytes(
 """The key as JSON may spell it: each character itself or a ``\\u`` escape (``"chat\\u005ftemplate"``)."""
 MAX_KEY_BYTES = 2 + 6 * len("chat_template")
 JINJA_SUFFIXES = frozenset({".jinja", ".jinja2", ".j2"})
+YAML_SUFFIXES = frozenset({".yaml", ".yml"})
+"""Training and serving configs (axolotl, LLaMA-Factory, model cards' configs) carry chat templates in YAML."""
+YAML_TEMPLATE_KEY = re.compile(rb"chat_template\w*")
+MAX_YAML_NODES = 1_000_000
 
 
 def judge_chat_templates(fs: "FileScan", templates: list[tuple[str, bytes | str]], location: Location,
@@ -69,6 +73,9 @@ def scan_text_templates(fs: "FileScan", span: Span, location: Location) -> None:
     if ".j" in name.lower() and PurePath(name).suffix.lower() in JINJA_SUFFIXES:  # ".j": no Path per text file
         judge_chat_templates(fs, [(PurePath(name).name, span.read(0, span.size))], location,
                              "TPL-01", "TPL-02", "template file")
+        return
+    if PurePath(name).suffix.lower() in YAML_SUFFIXES:
+        _scan_yaml_templates(fs, span, location)
         return
     if not _mentions_templates(span):
         return
@@ -113,3 +120,37 @@ def _templates_of(value: object) -> list[tuple[str, str]] | None:
             out += [(f"chat_template[{v.get('name', i)!s}]", t) for t in every]
         return out
     return None
+
+
+def _scan_yaml_templates(fs: "FileScan", span: Span, location: Location) -> None:
+    """Every string under a ``chat_template*`` key of a YAML file (``chat_template``,
+    ``chat_template_jinja``, at any depth). PyYAML (a huggingface_hub dependency) loads only for a
+    YAML file that mentions such a key; ``safe_load_all`` builds plain values, never objects."""
+    if span.size > MAX_TEMPLATE_CONFIG_BYTES or not YAML_TEMPLATE_KEY.search(span.read(0, span.size)):
+        return
+    import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs
+
+    try:
+        documents = list(yaml.load_all(span.read(0, span.size), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return  # not YAML that a config reader would load
+    templates: list[tuple[str, bytes | str]] = []
+    stack: list[tuple[object, str, bool]] = [(doc, "$", False) for doc in documents]
+    seen: set[int] = set()
+    while stack and len(seen) < MAX_YAML_NODES:
+        value, path, under_key = stack.pop()
+        if isinstance(value, str):
+            if under_key:
+                templates.append((path, value))
+            continue
+        if id(value) in seen or not isinstance(value, dict | list):
+            continue
+        seen.add(id(value))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            key_hit = isinstance(k, str) and YAML_TEMPLATE_KEY.fullmatch(k.encode("utf-8", "replace")) is not None
+            stack.append((v, f"{path}.{k}", under_key or key_hit))
+    if stack:
+        fs.add("TPL-02", f"YAML file has more than {MAX_YAML_NODES:,} values: its chat templates were not all "
+               "judged (limit MAX_YAML_NODES)", location, "chat_template")
+    judge_chat_templates(fs, templates, location, "TPL-01", "TPL-02", "YAML file")

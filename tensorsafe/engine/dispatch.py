@@ -13,7 +13,8 @@ from tensorsafe.engine.zip_scan import scan_zip
 from tensorsafe.errors import LimitExceeded, ParseError
 from tensorsafe.pickles.front import cannot_be_pickle, front_effects
 from tensorsafe.report import Location
-from tensorsafe.readers.sniff import Kind, joblib_zfile_data_offset, unopened_format
+from tensorsafe.readers.sniff import (TAR_BLOCK, ZIP_LOCAL_MAGIC, Kind, joblib_zfile_data_offset, starts_tar_header,
+                                      unopened_format)
 
 if TYPE_CHECKING:
     from tensorsafe.engine.scanner import FileScan
@@ -28,6 +29,13 @@ WEAK_MAGIC = frozenset({Kind.LZMA, Kind.ZLIB, Kind.JOBLIB_ZFILE})
 
 def scan_kind(fs: "FileScan", kind: Kind, span: Span, location: Location, depth: int,
               pickle_expected: bool) -> None:
+    head = span.head(TAR_BLOCK)
+    if kind is not Kind.TAR and not head.startswith(ZIP_LOCAL_MAGIC) and starts_tar_header(head):
+        # torch.load reads a file that does not start a zip member with tarfile first (its pre-1.0
+        # layout), whatever else the bytes are (a pickle, a .npy, safetensors...): both ways, then
+        from tensorsafe.engine.tar_scan import scan_tar  # tarfile loads only for a tar
+
+        scan_tar(fs, span, location, depth)
     if kind is Kind.ZIP:
         scan_zip(fs, span, location, depth)
     elif kind in COMPRESSED:

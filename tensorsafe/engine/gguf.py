@@ -14,6 +14,11 @@ A string is a u64 byte length and UTF-8 bytes; an array is a u32 item type, a u6
 items (arrays may nest). The code a GGUF file can carry is its Jinja chat template
 (``tokenizer.chat_template`` and the named ``tokenizer.chat_template.<name>``), judged by
 :mod:`tensorsafe.engine.jinja_template`.
+
+A file that parses can still be one llama.cpp refuses: an empty or repeated metadata key, a
+``general.alignment`` that is not a u32, tensor infos that do not lay out the data section
+(:mod:`tensorsafe.engine.gguf_layout`). The first such reason is kept as ``GGUFHeader.refusal``
+and the chat templates are judged all the same.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from tensorsafe.readers.blob import Span
 from tensorsafe.engine.chat_templates import judge_chat_templates
+from tensorsafe.engine.gguf_layout import GGML_MAX_DIMS, TensorLayout
 from tensorsafe.errors import ParseError
 from tensorsafe.report import Location
 
@@ -39,13 +45,16 @@ MAX_GGUF_STRING_BYTES = 512 * 1024 * 1024
 """String bytes in all metadata and tensor names together."""
 MAX_GGUF_ARRAY_DEPTH = 8
 MAX_GGUF_TENSORS = 1_000_000
-GGML_MAX_DIMS = 4
+GGUF_DEFAULT_ALIGNMENT = 32
+ALIGNMENT_KEY = "general.alignment"
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 READ_WINDOW = 1 << 20
 DEADLINE_EVERY = 1 << 16
 """Items parsed between two looks at the scan's deadline."""
 
-STRING, ARRAY = 8, 9
+U32, STRING, ARRAY = 4, 8, 9
+INFO_TAILS = [struct.Struct(f"<{n}QIQ").unpack for n in range(GGML_MAX_DIMS + 1)]
+"""A tensor info after its name and dimension count: the dimensions, the ggml type, the offset."""
 SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 """uint8, int8, uint16, int16, uint32, int32, float32, bool, uint64, int64, float64."""
 
@@ -55,9 +64,11 @@ class GGUFHeader:
     version: int
     tensor_count: int
     metadata_count: int
-    templates: list[tuple[str, bytes]] = field(default_factory=list)
+    templates: list[tuple[str, bytes | str]] = field(default_factory=list)
     """(key, raw bytes) of every chat template string, duplicates included."""
     data_start: int = 0
+    refusal: str | None = None
+    """The first reason llama.cpp refuses the file though it parses (see the module docstring)."""
 
 
 class DeadlinePassed(Exception):
@@ -139,33 +150,56 @@ def parse_gguf(span: Span, deadline_ok: Callable[[], bool] = lambda: True) -> GG
     if tensor_count > MAX_GGUF_TENSORS:
         raise ParseError(f"{tensor_count:,} tensors (limit MAX_GGUF_TENSORS {MAX_GGUF_TENSORS:,})")
     header = GGUFHeader(version, tensor_count, metadata_count)
-    alignment = 32
-    for i in range(metadata_count):
-        key = _text(c.string(f"metadata key {i}"), f"metadata key {i}")
-        vtype = c.u32(f"type of {key!r}")
-        c_key = key.partition("\0")[0]  # llama.cpp finds keys with strcmp: a NUL ends the name it sees
-        is_template = c_key == CHAT_TEMPLATE_KEY or c_key.startswith(CHAT_TEMPLATE_KEY + ".")
-        if is_template and vtype != STRING:
-            raise ParseError(f"chat template {key!r} is not a string (type {vtype}): it cannot be judged")
-        if is_template:
-            header.templates.append((key, c.string(f"value of {key!r}")))
-        elif key == "general.alignment" and vtype == 4:
-            alignment = struct.unpack("<I", c.take(4, "general.alignment"))[0]
-            if alignment == 0 or alignment & (alignment - 1):
-                raise ParseError(f"general.alignment {alignment} is not a power of two")
-        else:
-            _skip_value(c, vtype, key, 0)
+    alignment = _read_metadata(c, header)
+    layout = TensorLayout(alignment)
     for i in range(tensor_count):
         name = c.string(f"tensor {i} name")
         n_dims = c.u32(f"tensor {i} dimension count")
         if n_dims > GGML_MAX_DIMS:
             raise ParseError(f"tensor {name[:64]!r} has {n_dims} dimensions (GGML_MAX_DIMS is {GGML_MAX_DIMS})")
-        c.skip(8 * n_dims + 4, f"tensor {i} shape and type")
-        offset = c.u64(f"tensor {i} offset")
-        if offset > span.size:
-            raise ParseError(f"tensor {name[:64]!r} data offset {offset:,} lies past the end of the file")
+        *dims, type_id, offset = INFO_TAILS[n_dims](c.take(8 * n_dims + 12, f"tensor {i} shape, type and offset"))
+        layout.add(name, tuple(dims), type_id, offset)
     header.data_start = c.pos + (-c.pos) % alignment
+    if tensor_count:
+        layout.check_data(header.data_start, span.size)
+    header.refusal = header.refusal or layout.problem
     return header
+
+
+def _read_metadata(c: _Cursor, header: GGUFHeader) -> int:
+    """Walks the metadata, keeping the chat templates; returns the data alignment.
+
+    llama.cpp finds a key with strcmp, so a NUL ends the name it sees, and takes the first match."""
+    alignment: int | None = None
+    keys: set[str] = set()
+    for i in range(header.metadata_count):
+        key = _text(c.string(f"metadata key {i}"), f"metadata key {i}")
+        vtype = c.u32(f"type of {key!r}")
+        if header.refusal is None and (not key or key in keys):
+            header.refusal = f"metadata key {key!r} is {'repeated' if key else 'empty'}"
+        keys.add(key)
+        c_key = key.partition("\0")[0]
+        is_template = c_key == CHAT_TEMPLATE_KEY or c_key.startswith(CHAT_TEMPLATE_KEY + ".")
+        if is_template and vtype != STRING:
+            raise ParseError(f"chat template {key!r} is not a string (type {vtype}): it cannot be judged")
+        if is_template:
+            header.templates.append((key, c.string(f"value of {key!r}")))
+        elif c_key == ALIGNMENT_KEY and alignment is None:
+            alignment = _alignment(c, key, vtype, header)
+        else:
+            _skip_value(c, vtype, key, 0)
+    return GGUF_DEFAULT_ALIGNMENT if alignment is None else alignment
+
+
+def _alignment(c: _Cursor, key: str, vtype: int, header: GGUFHeader) -> int:
+    if vtype != U32:
+        _skip_value(c, vtype, key, 0)
+        header.refusal = header.refusal or f"{ALIGNMENT_KEY} has value type {vtype}, not u32 (4)"
+        return GGUF_DEFAULT_ALIGNMENT
+    alignment = struct.unpack("<I", c.take(4, ALIGNMENT_KEY))[0]
+    if alignment == 0 or alignment & (alignment - 1):
+        raise ParseError(f"{ALIGNMENT_KEY} {alignment} is not a power of two")
+    return alignment
 
 
 def _skip_value(c: _Cursor, vtype: int, key: str, depth: int) -> None:
@@ -203,7 +237,8 @@ def _text(raw: bytes, what: str) -> str:
 
 
 def scan_gguf(fs: FileScan, span: Span, location: Location) -> None:
-    """GGUF-02 when the header cannot be read; GGUF-01 for each chat template that reaches Python internals."""
+    """GGUF-02 when the header cannot be read or llama.cpp refuses the file; GGUF-01 for each chat
+    template that reaches Python internals (judged in a refused file too: other readers load it)."""
     fs.note_kind("gguf")
     try:
         header = parse_gguf(span, lambda: fs.check_deadline(location))
@@ -214,3 +249,5 @@ def scan_gguf(fs: FileScan, span: Span, location: Location) -> None:
         return
     if header.templates:
         judge_chat_templates(fs, header.templates, location, "GGUF-01", "GGUF-02", "GGUF file")
+    if header.refusal is not None:
+        fs.add("GGUF-02", f"GGUF file is refused by llama.cpp: {header.refusal}", location)

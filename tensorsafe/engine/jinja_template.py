@@ -16,9 +16,15 @@ hit too (a benign template looks attributes up by literal names or by its data's
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import jinja2
+    import jinja2.parser
 
 SUSPICIOUS_NAMES = frozenset({
     "mro", "func_globals", "func_code", "f_globals", "f_locals", "f_builtins", "f_back", "f_code",
@@ -80,12 +86,32 @@ def check_template(source: str) -> list[TemplateHit]:
     from jinja2 import nodes
 
     try:
-        tree = jinja2.Environment().parse(source)
+        tree = _parser().parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateSyntaxProblem(f"line {exc.lineno}: {exc.message}") from exc
     except RecursionError as exc:
         raise TemplateSyntaxProblem("template nested too deeply to parse") from exc
     return _Checker(nodes).run(tree)
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> "jinja2.Environment":
+    """A ``jinja2.Environment`` that parses what transformers renders: its chat template environment
+    adds ``loopcontrols`` (``{% break %}``, ``{% continue %}``) and a ``{% generation %}`` block
+    (the assistant-token mask). The block's body is kept in the tree, so it is checked like the rest."""
+    import jinja2
+    from jinja2 import nodes
+    from jinja2.ext import Extension, loopcontrols
+
+    class GenerationBlock(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser: "jinja2.parser.Parser") -> nodes.Node:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body, lineno=lineno)
+
+    return jinja2.Environment(extensions=[loopcontrols, GenerationBlock])
 
 
 class _Checker:

@@ -23,10 +23,13 @@ LEGACY_PICKLES = ("protocol version", "system info", "main object", "storage key
 
 def looks_like_pickle(trace: PickleTrace) -> bool:
     """Is a stream of unknown kind a pickle? It is when it reaches STOP, or when it imports a name
-    that a file on the import path could answer to before it breaks: code can only run through an
-    import. A name with white space (``mport os`` from a Python file that starts with ``import os``:
-    ``i`` is INST) is not taken as one, so source and text files are not reported as pickles; a
-    module file whose name holds white space is the residual risk (docs/threat-model.md)."""
+    that a Python module could go by before it breaks: code can only run through an import. A name
+    with characters other than letters, digits, ``_`` and ``-`` (``mport os`` from a Python file
+    that starts with ``import os``: ``i`` is INST; ``hat_template:`` from a YAML file that starts
+    with ``chat_template:``; ``d,text,label`` from a CSV header ``id,text,label``) is not taken as
+    one, so source, config and text files are not reported as pickles; a module file named with
+    such characters is the residual risk (docs/threat-model.md). Digits first and ``-`` stay
+    importable: installed modules go by such names (``_sysconfigdata__linux_x86_64-linux-gnu``)."""
     if trace.stopped or isinstance(trace.error, LimitExceeded):
         return True
     return any(isinstance(g, Unresolved) or _importable(g.module) for g in trace.globals)
@@ -35,7 +38,7 @@ def looks_like_pickle(trace: PickleTrace) -> bool:
 def _importable(module: str) -> bool:
     """The import system imports the first dotted part of a module before anything else."""
     first = module.split(".")[0]
-    return bool(first) and not any(c.isspace() or c in "\0/" for c in first)
+    return bool(first) and ("_" + first.replace("-", "_")).isidentifier()
 
 
 def scan_pickle_stream(fs: "FileScan", span: Span, location: Location, depth: int, *, expected: bool) -> bool:
@@ -103,6 +106,7 @@ def scan_after_stop(fs: "FileScan", span: Span, pos: int, location: Location, de
 
 def scan_legacy_rest(fs: "FileScan", span: Span, pos: int, location: Location, depth: int) -> None:
     traces: list[PickleTrace] = []
+    fs.storage_claims = {}  # filled by the main object's judge (the other legacy pickles have no persistent ids)
     for label in LEGACY_PICKLES:
         trace = fs.walk(span.buf, pos, span.end)
         _judge(fs, trace, span, location, depth)
@@ -117,6 +121,7 @@ def scan_legacy_rest(fs: "FileScan", span: Span, pos: int, location: Location, d
                location.at(pos - span.start))
         return
     end, read = span.end, span.reader_at()
+    claims = fs.storage_claims  # the main object's persistent ids, read when it was judged (PK-A01)
     for key in keys:
         itemsize = sizes.get(key)
         if itemsize is None:
@@ -126,16 +131,27 @@ def scan_legacy_rest(fs: "FileScan", span: Span, pos: int, location: Location, d
             fs.add("TORCH-02", f"storage {key!r} is truncated", location.at(pos - span.start))
             return
         numel = _I8(read(pos, pos + 8))[0]  # a read (pread of a local file), not the buffer: it may be remote
-        pos += 8 + numel * itemsize
+        header, pos = pos, pos + 8 + numel * itemsize
         if numel < 0 or pos > span.end:
             fs.add("TORCH-02", f"storage {key!r} declares {numel:,} elements, past the end of the file",
                    location.at(pos - span.start))
             return
+        _check_legacy_claim(fs, key, claims.get(key), numel * itemsize, header - span.start, location)
     if pos < span.end:
         fs.add("TORCH-01", f"{span.end - pos:,} bytes follow the last storage", location.at(pos - span.start))
         trailing = fs.walk(span.buf, pos, span.end)
         if trailing.globals or trailing.calls:
             _judge(fs, trailing, span, location.inside("<data after storages>"), depth)
+
+
+def _check_legacy_claim(fs: "FileScan", key: str, claim: int | None, stored: int, header: int,
+                        location: Location) -> None:
+    """PK-A01: a legacy torch.load allocates the bytes the main object's persistent id claims for a
+    storage when it meets the id, before it reads the storage's header; torch.save claims what it stores."""
+    if claim is not None and claim > stored:
+        fs.add("PK-A01", f"a persistent id claims {claim:,} bytes for storage {key!r}, which the file stores "
+               f"{stored:,} bytes of: torch allocates the claimed bytes before it reads them",
+               location.at(header), "storage numel")
 
 
 def _storage_element_sizes(main: PickleTrace) -> dict[str, int] | None:

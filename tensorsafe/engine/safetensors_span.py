@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
 def scan_safetensors(fs: "FileScan", span: Span, location: Location, depth: int) -> None:
     """Record the header findings. A polyglot is also scanned as what else it is: the pickle at its
-    front (walked by the header check to its real end, ST-P08 or ST-A04) and the zip archive at its
-    end (ST-P08), so their imports are judged too."""
+    front (walked by the header check to its real end, ST-P08 or ST-A04), the zip archive at its
+    end, the tar archive at its start and the HDF5 file inside (ST-P08), so their imports and
+    configs are judged too."""
     fs.note_kind("safetensors")
     limits = _limits(fs)
     bounds = WalkBounds(fs.limits.max_opcodes, fs.limits.max_memo_entries, fs.deadline)
@@ -32,6 +33,14 @@ def scan_safetensors(fs: "FileScan", span: Span, location: Location, depth: int)
         fs.result.pickles += not stopped
     if check.zip_tail:
         scan_trailing_zip(fs, span, location, depth)
+    if check.tar_front:
+        from tensorsafe.engine.tar_scan import scan_tar  # tarfile loads only for a tar
+
+        scan_tar(fs, span, location, depth)
+    if check.hdf5:
+        from tensorsafe.engine.hdf5 import scan_hdf5  # h5py loads only for an HDF5 file
+
+        scan_hdf5(fs, span, location, depth)
 
 
 def _limits(fs: "FileScan") -> HeaderLimits:

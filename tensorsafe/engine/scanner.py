@@ -9,11 +9,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
 from tensorsafe.engine import dispatch
+from tensorsafe.engine.dtype_sizes import pickled_itemsize
 from tensorsafe.engine.zip_scan import scan_trailing_zip
 from tensorsafe.readers.blob import MappedFile, Span
 from tensorsafe.explain import MAX_EXPLAIN_BYTES, decompile
 from tensorsafe.errors import LimitExceeded, ParseError, TensorsafeError, UnreadableFileError
 from tensorsafe.limits import ScanLimits
+from tensorsafe.pickles.allocation import claimed_storage_bytes
 from tensorsafe.pickles.judge import judge_trace
 from tensorsafe.pickles.policy import DEFAULT_POLICY, Policy, Tier
 from tensorsafe.pickles.values import BytesRef
@@ -53,6 +55,9 @@ class FileScan:
         self.deadline = time.monotonic() + limits.timeout_seconds
         self.kinds: list[str] = []
         self.storage_keys: set[str] = set()
+        self.storage_claims: dict[str, int] = {}
+        """Storage key -> the most bytes a torch persistent id claims for it, in the last pickle judged
+        that has persistent ids (PK-A01: the torch readers empty it before they judge their main pickle)."""
         self._timed_out = False
 
     # -- recording -------------------------------------------------------------------------------
@@ -90,7 +95,7 @@ class FileScan:
         """
         if structure:
             self.result.pickles += 1
-        verdicts = judge_trace(trace, self.policy, self.path, location, span.start)
+        verdicts = judge_trace(trace, self.policy, self.path, location, span.start, pickled_itemsize)
         if verdicts.findings:  # (most pickles have none: each step here is skipped when it has nothing to do)
             known = set(self.result.findings)
             self.result.findings.extend(f for f in verdicts.findings if f not in known
@@ -100,6 +105,7 @@ class FileScan:
         self.tiers.update(verdicts.tiers)
         if trace.persistent:
             self.storage_keys.update(_storage_keys(trace))
+            self.storage_claims = claimed_storage_bytes(trace)
         if self.explain and any(f.outcome is Outcome.FAIL for f in verdicts.findings):
             data = bytes(span.buf[trace.start:min(trace.end or span.end, trace.start + MAX_EXPLAIN_BYTES + 1)])
             self.result.explanations.append((str(location.at(trace.start - span.start)), decompile(data)))

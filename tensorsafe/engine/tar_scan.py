@@ -1,7 +1,6 @@
 """Tar archives, including the oldest ``torch.save`` layout (sys_info, pickle, storages, tensors)."""
 from __future__ import annotations
 
-import posixpath
 import struct
 import tarfile
 from typing import TYPE_CHECKING
@@ -10,9 +9,11 @@ from tensorsafe.readers.blob import Span
 from tensorsafe.tensors import STORAGE_ELEMENT_SIZE
 from tensorsafe.errors import LimitExceeded
 from tensorsafe.pickles.values import Global
+from tensorsafe.engine.model_archive import report_model_archive_code
 from tensorsafe.engine.zip_scan import scan_trailing_zip
 from tensorsafe.report import Location
 from tensorsafe.readers.sniff import may_hold_zip_at_end
+from tensorsafe.readers.member_names import escapes_folder
 from tensorsafe.readers.zip_directory import find_end_record
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def scan_tar(fs: "FileScan", span: Span, location: Location, depth: int) -> None
     names = {m.name for m in members}
     torch_tar = {"pickle", "storages"} <= names
     fs.note_kind("pytorch-tar" if torch_tar else "tar")
+    report_model_archive_code(fs, (m.name for m in members), location)  # TorchServe: --archive-format tgz
     for m in members:
         if not fs.check_deadline(location):
             return
@@ -100,9 +102,7 @@ def _members(span: Span, max_members: int) -> list[tarfile.TarInfo]:
 
 
 def _unsafe_name(m: tarfile.TarInfo) -> bool:
-    name = m.name.replace("\\", "/")
-    return (m.issym() or m.islnk() or name.startswith("/") or ".." in name.split("/")
-            or posixpath.isabs(name) or (len(name) > 1 and name[1] == ":"))
+    return m.issym() or m.islnk() or escapes_folder(m.name)
 
 
 class _Cursor:

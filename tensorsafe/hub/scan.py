@@ -35,9 +35,8 @@ from tensorsafe.limits import DEFAULT_LIMITS, MAX_SCAN_SECONDS, ScanLimits
 from tensorsafe.engine.scanner import scan_file
 from tensorsafe.listing import iter_files
 from tensorsafe.pickles.policy import DEFAULT_POLICY, Policy
-from tensorsafe.safetensors.validator import (
-    SAFETENSORS_SUFFIX, check_source, read_checked_header, to_findings, validate_file,
-)
+from tensorsafe.readers.safetensors.read import read_unambiguous_header
+from tensorsafe.safetensors.validator import SAFETENSORS_SUFFIX, check_source, to_findings, validate_file
 from tensorsafe.hub.remote import (
     DEFAULT_MAX_REMOTE_BYTES,
     RemoteBuffer,
@@ -178,8 +177,9 @@ def _compare(fr: FileResult, hub: HubVerdict) -> None:
 # -- validate ------------------------------------------------------------------------------------------------
 def validate_hub(url: str | os.PathLike, limits=None, *, deep: bool = False,
                  max_bytes: int = DEFAULT_MAX_REMOTE_BYTES) -> Report:
-    """Validate the safetensors headers of a Hub file or folder: ``8 + N`` bytes and the 64 KiB
-    polyglot windows per file, by range requests (``deep``, or offline: the cached file, whole).
+    """Validate the safetensors headers of a Hub file or folder: ``8 + N`` bytes (at least 512: the
+    tar check), the 64 KiB polyglot windows and the 8-byte HDF5 superblock probes per file, by range
+    requests (``deep``, or offline: the cached file, whole).
 
     In a folder, files named ``*.safetensors`` are validated; a file named explicitly always is."""
     try:
@@ -246,7 +246,7 @@ def remote_header(url: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_REMOTE
     meta = file_metadata(hp, deadline)
     buf = RemoteBuffer(HubRangeSource(meta, hp, deadline), max_bytes=max_bytes, readahead=0)
     try:
-        header = read_checked_header(Span(buf, 0, buf.size))
+        header = read_unambiguous_header(Span(buf, 0, buf.size))
     finally:
         buf.close()
     return header, buf.bytes_read

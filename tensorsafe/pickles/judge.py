@@ -5,6 +5,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from tensorsafe.errors import LimitExceeded, PickleParseError
+from tensorsafe.pickles.allocation import ItemSize, allocating_callees, allocation_bombs
 from tensorsafe.pickles.policy import (ALLOWED, INDIRECT_CALLERS, NESTED_PICKLE_LOADERS, STATE_SETTERS, Invoked,
                                        Judgement, Policy, Tier)
 from tensorsafe.pickles.values import BytesRef, Call, Global, Unresolved
@@ -44,8 +45,10 @@ class Verdicts:
 class TraceJudge:
     """Judges one :class:`PickleTrace` found at ``location`` in ``path``."""
 
-    def __init__(self, policy: Policy, path: str, location: Location, base: int = 0):
+    def __init__(self, policy: Policy, path: str, location: Location, base: int = 0,
+                 dtype_itemsize: ItemSize | None = None):
         self.policy = policy
+        self.dtype_itemsize = dtype_itemsize
         self.base = base
         self.path = path
         self.location = location
@@ -58,6 +61,7 @@ class TraceJudge:
         for call in trace.calls:
             if id(call.func) not in plain:
                 self._call(call)
+        self._allocations(trace)
         for offset, target, opcode in trace.modified:
             self._add("PK-C03", f"{opcode} modifies the imported object {_describe(target)}",
                       offset, _describe(target))
@@ -217,6 +221,15 @@ class TraceJudge:
         for payload in _byte_arguments(call.args):
             self.out.nested.append(NestedPayload(payload, call.offset, func.qualified))
 
+    def _allocations(self, trace: PickleTrace) -> None:
+        """PK-A01: allowed calls that make the loader allocate what the file does not hold
+        (``tensorsafe.pickles.allocation``); a trace importing no allocating callee costs one pass
+        over its imports."""
+        callees = allocating_callees(trace)
+        if callees:
+            for bomb in allocation_bombs(trace, callees, self.dtype_itemsize):
+                self._add("PK-A01", bomb.message, bomb.offset, bomb.trigger)
+
     # -- errors ----------------------------------------------------------------------------------
     def _error(self, trace: PickleTrace) -> None:
         err = trace.error
@@ -287,9 +300,11 @@ def _describe(value: object) -> str:
     return f"a {type(value).__name__} value"
 
 
-def judge_trace(trace: PickleTrace, policy: Policy, path: str, location: Location, base: int = 0) -> Verdicts:
-    """Findings for ``trace``; offsets are reported relative to ``base`` (the stream's start)."""
+def judge_trace(trace: PickleTrace, policy: Policy, path: str, location: Location, base: int = 0,
+                dtype_itemsize: ItemSize | None = None) -> Verdicts:
+    """Findings for ``trace``; offsets are reported relative to ``base`` (the stream's start).
+    ``dtype_itemsize`` sizes the dtypes a pickle hands numpy (PK-A01); without it an element is 1 byte."""
     if not (trace.globals or trace.calls or trace.modified or trace.class_changes or trace.out_of_band
             or trace.framing or trace.error or trace.deep_key_offset is not None):
         return Verdicts()  # what TraceJudge.judge finds in a trace with none of the things it looks at
-    return TraceJudge(policy, path, location, base).judge(trace)
+    return TraceJudge(policy, path, location, base, dtype_itemsize).judge(trace)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from tensorsafe.errors import ParseError
+from tensorsafe.limits import MAX_LOAD_ALLOCATION_BYTES
 from tensorsafe.pickles.values import BytesRef, Call, Global, OutOfBand, PersistentRef, Unresolved
 from tensorsafe.tensors import BY_STORAGE_NAME, BY_TORCH_NAME, DTYPES, DType, StorageRef, TensorRef
 
@@ -123,10 +124,22 @@ class Rebuilder:
 
 
 def _plain(name: str, args: tuple) -> object:
+    if name in ("bytes", "bytearray"):
+        _check_bytes_args(name, args)
     try:
         return _PLAIN_CONSTRUCTORS[name](*args)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: complex() of a huge int
         raise ParseError(f"cannot rebuild builtins.{name}: {exc}") from None
+
+
+def _check_bytes_args(name: str, args: tuple) -> None:
+    """Picklers write ``bytes()``/``bytearray()`` with no argument, a bytes value, or (text, 'latin-1').
+    An integer would allocate that many zero bytes (a memory bomb in a few bytes of pickle), and an
+    encoding is looked up by name, so both are refused rather than rebuilt."""
+    if args and isinstance(args[0], int):
+        raise ParseError(f"builtins.{name} of an integer (it allocates that many bytes): no pickler writes it")
+    if len(args) > 1 and not (isinstance(args[1], str) and args[1].lower() in SAFE_CODECS):
+        raise ParseError(f"builtins.{name} with an encoding other than latin1/utf-8/ascii")
 
 
 def _ordered_dict(r: Rebuilder, args: tuple, c: Call, depth: int) -> dict:
@@ -162,6 +175,10 @@ def _tensor(storage: object, offset: object, size: object, stride: object, dtype
     ref = TensorRef(dtype or storage.dtype, shape, strides, offset, storage.ref)
     if ref.numel and ref.storage_offset * ref.dtype.itemsize + ref.span_bytes() > storage.ref.nbytes:
         raise ParseError(f"tensor of shape {shape} runs past the end of storage {storage.ref.key!r}")
+    if ref.nbytes > storage.ref.nbytes + MAX_LOAD_ALLOCATION_BYTES:
+        raise ParseError(f"tensor of shape {shape} and stride {strides} repeats the bytes of storage "
+                         f"{storage.ref.key!r} ({storage.ref.nbytes:,} bytes) into {ref.nbytes:,}: written out or "
+                         f"made contiguous it would take that much (limit MAX_LOAD_ALLOCATION_BYTES)")
     return ref
 
 

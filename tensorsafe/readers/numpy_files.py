@@ -52,7 +52,29 @@ def read_npy_header(span: Span) -> NpyHeader:
     shape = header["shape"]
     if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise ParseError(f".npy shape {shape!r} is not a tuple of sizes")
-    return NpyHeader(descr, shape, bool(header.get("fortran_order", False)), start + size, _has_object(descr))
+    if len(shape) > MAX_NPY_DIMS:
+        raise ParseError(f".npy shape has {len(shape)} dimensions; numpy reads at most {MAX_NPY_DIMS}")
+    has_object, itemsize = _descr_facts(descr)
+    data_offset = start + size
+    if not has_object:
+        _check_data_size(span, shape, itemsize, data_offset)
+    return NpyHeader(descr, shape, bool(header.get("fortran_order", False)), data_offset, has_object)
+
+
+MAX_NPY_DIMS = 64
+"""numpy's own limit on an array's dimensions: ``np.load`` refuses a header with more."""
+
+
+def _check_data_size(span: Span, shape: tuple, itemsize: int, data_offset: int) -> None:
+    """``np.load`` reads exactly the elements the header declares and fails when the file has fewer
+    (bytes after them are never read). A file it cannot load is not called clean."""
+    count = 1
+    for d in shape:
+        count *= d
+    need = count * itemsize
+    have = span.size - data_offset
+    if need > have:
+        raise ParseError(f".npy data is truncated: shape {shape} needs {need:,} bytes, the file has {max(have, 0):,}")
 
 
 MEMO_HEADER_BYTES = 1024
@@ -83,13 +105,14 @@ _PLAIN_DESCR = re.compile(r"[<>|=]?(?:b1|[iu][1248]|f[248]|c8|c16)")
 loading numpy, which would cost a CLI call more than the whole scan of a small file."""
 
 
-def _has_object(descr: object) -> bool:
-    """Does the dtype hold Python objects anywhere (plain or nested in a record)?"""
+def _descr_facts(descr: object) -> tuple[bool, int]:
+    """Does the dtype hold Python objects anywhere (plain or nested in a record), and its item size."""
     if isinstance(descr, str) and _PLAIN_DESCR.fullmatch(descr):
-        return False
+        return False, int(descr.lstrip("<>|=")[1:])
     from numpy.lib import format as npformat
 
-    return bool(numpy_dtype(descr, ".npy", npformat.descr_to_dtype).hasobject)
+    dtype = numpy_dtype(descr, ".npy", npformat.descr_to_dtype)
+    return bool(dtype.hasobject), dtype.itemsize
 
 
 def numpy_dtype(spec: object, what: str, build: Callable[[object], np.dtype] | None = None) -> np.dtype:

@@ -23,7 +23,7 @@ SKIPPABLE_FRAME = struct.Struct("<II")
 """A skippable frame (magic 0x184D2A50-0x184D2A5F, then its size), which LZ4 and zstd readers skip."""
 MAX_SKIPPABLE_FRAMES = 64
 JOBLIB_ZFILE_MAGIC = b"ZF"
-"""joblib < 0.9.3 "Z-files": ``ZF``, the length in hex padded to 18 bytes, then a zlib stream."""
+"""joblib < 0.9.3 "Z-files": ``ZF``, the length in hex padded to 19 bytes, then a zlib stream."""
 JOBLIB_ZFILE_LENGTH_FIELD = 18
 UNOPENED_FORMATS = (
     (b"7z\xbc\xaf\x27\x1c", "7z archive"),
@@ -121,6 +121,38 @@ def sniff(span: Span) -> Kind:
     return Kind.UNKNOWN
 
 
+TAR_BLOCK = 512
+_TAR_CHECKSUM_FIELD = slice(148, 156)
+
+
+def starts_tar_header(head: bytes) -> bool:
+    """Whether Python's ``tarfile`` takes the first 512 bytes for a tar header: it looks at no magic,
+    only at the checksum and the number fields (an old-style header without ``ustar`` counts).
+    ``torch.load`` reads a file that is not a zip with ``tarfile`` first (the pre-1.0 layout) and
+    reads it as a pickle stream only when that fails, so a pickle that is also a tar is read both ways."""
+    if len(head) < TAR_BLOCK or not head[:TAR_BLOCK].strip(b"\0"):
+        return False
+    field = head[_TAR_CHECKSUM_FIELD]
+    if field[0] in (0o200, 0o377):  # tarfile's base-256 form
+        declared = int.from_bytes(field[1:], "big") - (256 ** 7 if field[0] == 0o377 else 0)
+    else:
+        try:  # tarfile's own reading of the field: up to a NUL, stripped, int(..., 8) (signs, "0o", "_")
+            declared = int(field.split(b"\0", 1)[0].decode("ascii").strip() or "0", 8)
+        except (UnicodeDecodeError, ValueError):
+            return False
+    rest = head[:148] + head[156:TAR_BLOCK]
+    unsigned = 256 + sum(rest)
+    if declared not in (unsigned, unsigned - 256 * sum(b > 127 for b in rest)):
+        return False
+    import tarfile  # only for a block whose checksum matches: tarfile's own check of the other fields
+
+    try:
+        tarfile.TarInfo.frombuf(head[:TAR_BLOCK], "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
+
+
 def hdf5_superblock(span: Span) -> int | None:
     """Offset of the HDF5 signature (0, or after a user block), or None."""
     for offset in (0,) + HDF5_USER_BLOCK_OFFSETS:
@@ -165,7 +197,11 @@ def joblib_zfile_data_offset(head: bytes) -> int | None:
         int(head[len(JOBLIB_ZFILE_MAGIC):end], 16)
     except ValueError:
         return None
-    return end + 1 if head[end:end + 1] == b" " else end
+    if head[end:end + 1] != b" ":
+        return end
+    # joblib reads a 19-byte field (its _MAX_LEN; ours ends on its padding) and then skips one more
+    # space: the header python 2 joblib <= 0.8.4 wrote, one byte wider, so its stream starts there
+    return end + 2 if head[end + 1:end + 2] == b" " else end + 1
 
 
 def is_safetensors(span: Span, head: bytes | None = None) -> bool:

@@ -14,7 +14,8 @@ from typing import Callable
 
 from tensorsafe.readers.blob import Span
 from tensorsafe.readers.decompress import MAX_DECOMPRESSED_BYTES, NotOpened, decompress
-from tensorsafe.readers.zip_directory import Entry, ZipDirectoryError, read_directory
+from tensorsafe.readers.zip_directory import (Directory, Entry, ZipDirectoryError, read_directory, read_entries_at,
+                                              torch_directory_place)
 from tensorsafe.limits import MAX_ZIP_MEMBERS
 from tensorsafe.errors import LimitExceeded, ParseError
 
@@ -74,10 +75,10 @@ def open_zip(span: Span, max_members: int = MAX_ZIP_MEMBERS) -> ZipView:
         directory = read_directory(span, MAX_CENTRAL_DIRECTORY_BYTES)
     except ZipDirectoryError as exc:
         raise ParseError(f"cannot read the zip central directory: {exc.message}") from None
-    entries = directory.entries
+    view = ZipView(span)
+    entries = directory.entries + _torch_only_entries(span, directory, view.anomalies)
     if len(entries) > max_members:
         raise LimitExceeded("MAX_ZIP_MEMBERS", max_members, f"{len(entries):,} zip members is more than allowed")
-    view = ZipView(span)
     read = span.reader_at()
     for entry in entries:
         member = _local_member(span, entry, view.anomalies, read)
@@ -86,6 +87,30 @@ def open_zip(span: Span, max_members: int = MAX_ZIP_MEMBERS) -> ZipView:
     _check_layout(view, directory.start_dir)
     _check_end_records(span, directory.end_record, view.anomalies)
     return view
+
+
+def _torch_only_entries(span: Span, directory: Directory, anomalies: list[Anomaly]) -> list[Entry]:
+    """The entries of the central directory torch's reader (miniz) reads where it is not the one
+    ``zipfile`` reads: miniz takes the declared offset unshifted and the zip64 end record where the
+    locator points, so a second directory can hide in the comment or between members. Both are
+    read: their members are scanned too (and the disagreement reported). A place that holds no
+    directory (bytes prepended to an archive: torch reads no archive there) adds nothing."""
+    place = torch_directory_place(span)
+    if place is None or place.entry_count == 0 or \
+            (place.offset, place.size, directory.concat) == (directory.start_dir, directory.size, 0):
+        return []
+    if span.read(place.offset, 4) != b"PK\x01\x02":  # miniz stops at the first entry: no archive
+        return []
+    anomalies.append(Anomaly("ZIP-08", f"torch's zip reader reads the central directory at offset {place.offset:,} "
+                             f"({place.entry_count} entries), zipfile at {directory.start_dir:,}", None, place.offset))
+    try:
+        entries = read_entries_at(span, place, MAX_CENTRAL_DIRECTORY_BYTES)
+    except ZipDirectoryError as exc:
+        anomalies.append(Anomaly("ZIP-07", f"the central directory torch reads cannot be read: {exc.message}",
+                                 None, place.offset))
+        return []
+    known = {(e.name, e.header_offset) for e in directory.entries}
+    return [e for e in entries if (e.name, e.header_offset) not in known]
 
 
 def _check_end_records(span: Span, end: int, anomalies: list[Anomaly]) -> None:

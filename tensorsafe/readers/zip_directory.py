@@ -12,6 +12,9 @@ makes the same reads and decisions, and raises where ``zipfile`` raises (same me
   the zip64 extra field (sizes and offset replaced only where the classic field is saturated).
 
 ``tests/readers/test_zip_directory.py`` checks it against ``zipfile`` on generated and mutated archives.
+
+torch's reader (miniz, in ``PyTorchStreamReader``) finds the directory elsewhere when the end records
+say so: :func:`torch_directory_place` says where, so that the scanner reads that directory too.
 Reads go through :meth:`Span.read` only (no buffer protocol), so a remote buffer works as a local file does.
 """
 from __future__ import annotations
@@ -66,6 +69,18 @@ class Directory:
     """Where the central directory starts (``zipfile.ZipFile.start_dir``)."""
     end_record: int
     """Where the end record is (:func:`find_end_record`)."""
+    size: int = 0
+    """The central directory's size, as the end record (zip64 or classic) declares it."""
+    concat: int = 0
+    """The shift ``zipfile`` adds to every offset (bytes before the archive)."""
+
+
+class DirectoryPlace(NamedTuple):
+    """Where a reader reads the central directory: offset, size and the entry count it expects."""
+
+    offset: int
+    size: int
+    entry_count: int
 
 
 def read_directory(span: Span, max_read: int) -> Directory:
@@ -84,7 +99,66 @@ def read_directory(span: Span, max_read: int) -> Directory:
     if size_cd > max_read:
         raise LimitExceeded("MAX_READ_BYTES", max_read, f"a single read of {size_cd:,} bytes is too large")
     data = span.read(start_dir, size_cd)
-    return Directory(_entries(data, size_cd, concat), start_dir, location)
+    return Directory(_entries(data, size_cd, concat), start_dir, location, size_cd, concat)
+
+
+def read_entries_at(span: Span, place: DirectoryPlace, max_read: int) -> list[Entry]:
+    """The entries of the central directory at ``place``, offsets taken as they are (no shift):
+    the directory :func:`torch_directory_place` finds. Raises ``ParseError`` as :func:`read_directory` does."""
+    if place.size > max_read:
+        raise LimitExceeded("MAX_READ_BYTES", max_read, f"a single read of {place.size:,} bytes is too large")
+    return _entries(span.read(place.offset, place.size), place.size, 0)
+
+
+def torch_directory_place(span: Span) -> DirectoryPlace | None:
+    """Where torch's zip reader (miniz's ``mz_zip_reader_read_central_dir``) reads the central
+    directory; ``None`` where it gives up before reading one.
+
+    miniz differs from ``zipfile`` in the two ways that matter here: it takes the declared offset as
+    it is (``zipfile`` shifts it so the directory ends at the end record, which lets a second
+    directory hide in a gap or in the archive comment), and it reads the zip64 end record where the
+    locator points (``zipfile``: right before the locator). Its own sanity checks are kept, so that
+    a place it would refuse is not reported as one it reads.
+    """
+    location = _miniz_end_record(span)
+    if location is None:
+        return None
+    (_, this_disk, dir_disk, on_disk, count, size, offset, _) = END_RECORD.unpack(span.read(location, END_RECORD.size))
+    locator = _zip64_locator(span, location)
+    if locator is not None:
+        at, disks = locator
+        if at > span.size - ZIP64_END_RECORD.size:
+            return None
+        raw = span.read(at, ZIP64_END_RECORD.size)
+        if raw[:4] == b"PK\x06\x06":
+            fields = ZIP64_END_RECORD.unpack(raw)
+            if fields[1] < ZIP64_END_RECORD.size - 12 or disks != 1 or max(fields[6:9]) > 0xFFFF_FFFF:
+                return None
+            this_disk, dir_disk, on_disk, count, size, offset = fields[4:10]
+    if count != on_disk or ((this_disk | dir_disk) and (this_disk, dir_disk) != (1, 1)):
+        return None
+    if size < count * CENTRAL_ENTRY.size or offset + size > span.size:
+        return None
+    return DirectoryPlace(offset, size, count)
+
+
+def _miniz_end_record(span: Span) -> int | None:
+    """miniz's end record: the last ``PK\\5\\6`` with a whole record after it, in the final 64 KiB."""
+    if span.size >= END_RECORD.size and span.read(span.size - END_RECORD.size, 4) == END_MAGIC:
+        return span.size - END_RECORD.size  # the common case, one small read
+    first = max(span.size - END_SEARCH_BYTES, 0)
+    data = span.read(first, span.size - first)
+    at = data.rfind(END_MAGIC, 0, max(len(data) - END_RECORD.size + len(END_MAGIC), 0))
+    return None if at < 0 else first + at
+
+
+def _zip64_locator(span: Span, location: int) -> tuple[int, int] | None:
+    """The zip64 locator right before the end record at ``location``: where it says the zip64 end
+    record is, and its disk count (``None``: there is none)."""
+    if location < ZIP64_LOCATOR.size + ZIP64_END_RECORD.size:
+        return None
+    sig, _, at, disks = ZIP64_LOCATOR.unpack(span.read(location - ZIP64_LOCATOR.size, ZIP64_LOCATOR.size))
+    return (at, disks) if sig == b"PK\x06\x07" else None
 
 
 def find_end_record(span: Span) -> int | None:

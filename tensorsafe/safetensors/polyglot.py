@@ -1,6 +1,9 @@
-"""ST-P08 and ST-A04: files that are also a zip archive or a pickle stream (polyglots).
+"""ST-P08 and ST-A04: files that are also a zip archive, a tar archive, an HDF5 file or a pickle
+stream (polyglots).
 
-The zip check reads the end of the file (where every zip reader looks for its end record). The
+The zip check reads the end of the file (where every zip reader looks for its end record), the
+tar check its first 512 bytes (where ``tarfile`` reads the first member's header), the HDF5 check
+8 bytes at each place the HDF5 library looks for its superblock. The
 pickle check walks the file's first bytes with the scanner's own opcode walker, from byte 0 to
 wherever the stream really ends (STOP, an error, or the end of the file: no window), so nothing
 is imported or executed and nothing a loader would reach is left unread.
@@ -18,6 +21,7 @@ import mmap
 import struct
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from tensorsafe.readers.blob import Span
 from tensorsafe.errors import LimitExceeded
@@ -27,10 +31,13 @@ from tensorsafe.pickles.judge import judge_trace
 from tensorsafe.pickles.policy import Policy
 from tensorsafe.pickles.front import CANNOT_START, PROTO, cannot_be_pickle, failed_import, front_effects
 from tensorsafe.pickles.walker import MAX_MEMO_ENTRIES, MAX_OPCODES, PickleTrace, walk
-from tensorsafe.readers.zip_directory import CENTRAL_MAGIC, END_MAGIC, END_RECORD, END_SEARCH_BYTES
+from tensorsafe.readers.sniff import TAR_BLOCK, hdf5_superblock, starts_tar_header
+from tensorsafe.readers.zip import MAX_CENTRAL_DIRECTORY_BYTES
+from tensorsafe.readers.zip_directory import (CENTRAL_MAGIC, END_MAGIC, END_RECORD, END_SEARCH_BYTES, ZIP64_END_RECORD,
+                                              ZIP64_LOCATOR, ZipDirectoryError, find_end_record, read_directory)
 from tensorsafe.report import Finding, Location
 
-EOCD_SIZE = END_RECORD.size
+ZIP64_LOCATOR_MAGIC = b"PK\x06\x07"
 FRONT_LOCATION = "<pickle at start of safetensors file>"
 DEFAULT_WALK_SECONDS = 300.0
 """The deadline of a front walk outside a scan (the scanner's per-file default)."""
@@ -60,21 +67,72 @@ class PickleFront:
 
 
 def zip_at_end(src: ByteSource) -> Issue | None:
-    """A zip end record whose comment ends exactly at EOF and whose central directory starts right."""
-    size = src.size
-    tail_start = max(0, size - END_SEARCH_BYTES)
-    tail = src.read(tail_start, size - tail_start)
+    """ST-P08 when a zip reader opens the file as an archive with members. Two readings:
+
+    - ``zipfile``'s, asked of the one zip reader: the end record it picks in the final 64 KiB, then
+      the central directory where it looks for it (behind the zip64 end record and locator that
+      ``torch.save`` writes, shifted by the bytes before the archive), holding at least one entry;
+    - readers that search back from the end for an end record that fits (they skip a stray
+      ``PK\\5\\6`` in the comment, which makes ``zipfile`` give up): any end record whose comment
+      ends exactly at the end of the file and whose directory starts with a central entry."""
+    tail_start = max(0, src.size - END_SEARCH_BYTES)
+    tail = src.read(tail_start, src.size - tail_start)
+    if END_MAGIC not in tail:  # the common case, one read: neither reading finds an end record
+        return None
+    span = cast(Span, src)  # the zip reader calls only ``read`` and ``size``, which every ByteSource has
+    if find_end_record(span) is not None:
+        try:
+            directory = read_directory(span, MAX_CENTRAL_DIRECTORY_BYTES)
+        except ZipDirectoryError:
+            directory = None
+        except LimitExceeded as exc:  # fail closed: a directory too large to read may still open
+            return Issue("ST-P08", f"a zip end record ends the file and declares a central directory too large to "
+                         f"read ({exc.message}): zip readers may open this file as an archive", None, "zip")
+        if directory is not None and directory.entries:
+            return Issue("ST-P08", f"a zip archive ends the file (central directory at byte {directory.start_dir:,}): "
+                         "zip readers open this file as an archive", directory.end_record, "zip")
+    return _end_record_that_fits(src, tail, tail_start)
+
+
+def _end_record_that_fits(src: ByteSource, tail: bytes, tail_start: int) -> Issue | None:
+    """An end record in ``tail`` (the final 64 KiB, from ``tail_start``) whose comment ends at EOF and
+    whose central directory (the declared size before it, or before its zip64 end record and
+    locator) starts with a central entry."""
     i = tail.rfind(END_MAGIC)
     while i >= 0:
-        if i + EOCD_SIZE <= len(tail):
+        if i + END_RECORD.size <= len(tail):
             cd_size, = struct.unpack_from("<I", tail, i + 12)
             comment, = struct.unpack_from("<H", tail, i + 20)
-            cd_start = tail_start + i - cd_size
-            if i + EOCD_SIZE + comment == len(tail) and cd_start >= 0 and src.read(cd_start, 4) == CENTRAL_MAGIC:
+            cd_end = tail_start + i
+            if tail[max(0, i - ZIP64_LOCATOR.size):i][:4] == ZIP64_LOCATOR_MAGIC:
+                cd_end -= ZIP64_LOCATOR.size + ZIP64_END_RECORD.size
+            cd_start = cd_end - cd_size
+            if i + END_RECORD.size + comment == len(tail) and cd_start >= 0 and src.read(cd_start, 4) == CENTRAL_MAGIC:
                 return Issue("ST-P08", f"a zip archive ends the file (central directory at byte {cd_start:,}): zip "
                              "readers open this file as an archive", tail_start + i, "zip")
         i = tail.rfind(END_MAGIC, 0, i)
     return None
+
+
+def tar_at_start(src: ByteSource) -> Issue | None:
+    """ST-P08 when ``tarfile`` takes the first 512 bytes (the length and the header text) for a tar
+    header: ``torch.load`` opens a file that is not a zip with ``tarfile`` first (the pre-1.0 layout)
+    and unpickles its ``storages`` and ``tensors`` members."""
+    if not starts_tar_header(src.read(0, TAR_BLOCK)):
+        return None
+    return Issue("ST-P08", "the file's first 512 bytes are also a tar header: tarfile (and torch.load's pre-1.0 "
+                 "reader) opens this file as an archive", 0, "tar")
+
+
+def hdf5_inside(src: ByteSource) -> Issue | None:
+    """ST-P08 when an HDF5 superblock sits where the HDF5 library looks for one after a user block
+    (byte 512, 1024, 2048, ...: inside the tensor data): h5py opens the file, and Keras .h5 loaders
+    that test ``h5py.is_hdf5`` load the model it holds. A few 8-byte reads, one per power of two."""
+    at = hdf5_superblock(cast(Span, src))  # reads through ``read`` and ``size`` only
+    if at is None:
+        return None
+    return Issue("ST-P08", f"an HDF5 superblock sits at byte {at:,} (after a user block): h5py and Keras .h5 "
+                 "loaders open this file as HDF5", at, "hdf5")
 
 
 def pickle_front(src: ByteSource, bounds: WalkBounds | None = None) -> PickleFront | None:

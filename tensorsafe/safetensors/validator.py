@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from tensorsafe.errors import UnreadableFileError
 from tensorsafe.listing import iter_files
@@ -42,6 +42,10 @@ class HeaderCheck:
     front: polyglot.PickleFront | None = None
     """The front walked as a pickle (``None``: its first bytes refute one)."""
     zip_tail: bool = False
+    tar_front: bool = False
+    """``tarfile`` opens the file: ``scan`` reads it as a tar too."""
+    hdf5: bool = False
+    """h5py opens the file (a superblock after a user block): ``scan`` reads it as HDF5 too."""
 
 
 def check_source(src: ByteSource, limits: HeaderLimits = DEFAULT_LIMITS, *, deep: bool = False,
@@ -53,22 +57,63 @@ def check_source(src: ByteSource, limits: HeaderLimits = DEFAULT_LIMITS, *, deep
         header = read_checked_header(src)
     except HeaderFormatError as exc:
         first = exc.issue()
-        return HeaderCheck([first, *(d for d in exc.differentials if (d.rule_id, d.trigger) != (first.rule_id,
-                                                                                              first.trigger))])
+        check = HeaderCheck([first, *(d for d in exc.differentials if (d.rule_id, d.trigger) != (first.rule_id,
+                                                                                               first.trigger))])
+        if exc.rule_id not in LENGTH_RULES:
+            _guarded(check, lambda: _acting_polyglots(check, src, walk))
+        return check
     if header.differentials:
-        return HeaderCheck(list(header.differentials), header)
+        check = HeaderCheck(list(header.differentials), header)
+        _guarded(check, lambda: _acting_polyglots(check, src, walk))
+        return check
     check = HeaderCheck(header=header)
-    try:
+
+    def run() -> None:
         _policy_and_advisories(check, src, header, limits, walk)
         if deep:
             check.deep = deep_check(src, header)
             check.issues += deep_issues(check.deep)
+
+    _guarded(check, run)
+    return check
+
+
+LENGTH_RULES = frozenset({"ST-F01", "ST-F02", "ST-F03"})
+"""Format errors before any header byte is read: the file does not even mean to be safetensors."""
+
+
+def _guarded(check: HeaderCheck, run: Callable[[], None]) -> None:
+    """``run()``; a bug in a check must not pass a file: fail closed (ST-E01), keep what was found."""
+    try:
+        run()
     except (UnreadableFileError, EOFError):
         raise
-    except Exception as exc:  # a bug in a check must not pass a file: fail closed, keep what was found
+    except Exception as exc:
         check.issues.append(Issue("ST-E01", f"a header check failed: {type(exc).__name__}: {exc}", None,
                                   type(exc).__name__))
-    return check
+
+
+def _acting_polyglots(check: HeaderCheck, src: ByteSource, walk: polyglot.WalkBounds | None) -> None:
+    """For a header that fails a format rule (refused by safetensors, or read differently by other
+    readers): a zip reader still opens the zip at the end (one appended after the last tensor is
+    ST-F18), tarfile and h5py theirs, and ``pickle.load`` still runs the front. Those that act are
+    reported (ST-P08) and judged by ``scan``, as for a valid header; a data-only front (ST-A04) is
+    no news here."""
+    check.issues += [i for i in _polyglots(check, src, walk) if i.rule_id == "ST-P08"]
+    if check.front is not None and not check.front.acts:
+        check.front = None
+
+
+def _polyglots(check: HeaderCheck, src: ByteSource, walk: polyglot.WalkBounds | None) -> list[Issue]:
+    """ST-P08 / ST-A04: the zip at the end, the tar and the pickle at the front, an HDF5 superblock
+    inside (recorded on ``check`` for ``scan``)."""
+    zip_issue = polyglot.zip_at_end(src)
+    tar_issue = polyglot.tar_at_start(src)
+    hdf5_issue = polyglot.hdf5_inside(src)
+    check.front = polyglot.pickle_front(src, walk)
+    pickle_issue = check.front.issue if check.front is not None else None
+    check.zip_tail, check.tar_front, check.hdf5 = zip_issue is not None, tar_issue is not None, hdf5_issue is not None
+    return [i for i in (zip_issue, tar_issue, hdf5_issue, pickle_issue) if i is not None]
 
 
 def _policy_and_advisories(check: HeaderCheck, src: ByteSource, header: Header, limits: HeaderLimits,
@@ -78,11 +123,7 @@ def _policy_and_advisories(check: HeaderCheck, src: ByteSource, header: Header, 
     issues += policy_rules.check_tensors(header, limits)
     issues += policy_rules.check_metadata(header, limits)
     issues += policy_rules.check_structure(header, limits)
-    zip_issue = polyglot.zip_at_end(src)
-    check.front = polyglot.pickle_front(src, walk)
-    pickle_issue = check.front.issue if check.front is not None else None
-    issues += [i for i in (zip_issue, pickle_issue) if i is not None]
-    check.zip_tail = zip_issue is not None
+    issues += _polyglots(check, src, walk)
     issues += advisories.check_padding(header)
     issues += advisories.check_alignment(header)
     issues += advisories.check_loader_support(header)

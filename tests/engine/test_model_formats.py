@@ -46,13 +46,14 @@ def _kv_string(key: str, value: bytes | str) -> bytes:
 
 
 def _gguf(kvs: list[bytes] = (), tensors: int = 0, version: int = 3, tail: bytes = b"") -> bytes:
-    """A GGUF file: header, the given encoded key/values, ``tensors`` 1-d float32 tensors, data."""
+    """A GGUF file: header, the given encoded key/values, ``tensors`` 1-d float32 tensors, data
+    (each tensor's 16 bytes padded to the default alignment, 32, as llama.cpp lays them out)."""
     body = b"".join(kvs)
     infos = b"".join(_gstr(f"t{i}") + struct.pack("<I", 1) + struct.pack("<Q", 4) + struct.pack("<I", 0)
-                     + struct.pack("<Q", 16 * i) for i in range(tensors))
+                     + struct.pack("<Q", 32 * i) for i in range(tensors))
     head = b"GGUF" + struct.pack("<IQQ", version, tensors, len(kvs)) + body + infos
     head += b"\0" * ((-len(head)) % 32)
-    return head + b"\0" * (16 * tensors) + tail
+    return head + b"\0" * (32 * tensors) + tail
 
 
 def _template(source: bytes | str, key: str = "tokenizer.chat_template") -> bytes:

@@ -133,16 +133,16 @@ def known_bug(data: bytes) -> str | None:
     c = run_stream(data, 0, mode="c")
     if c.imports and not c.stopped and all(not _taken_for_import(m, n) for m, n, _ in c.imports):
         first = {m.split(".")[0] for m, _, _ in c.imports}
-        if all(any(ch.isspace() for ch in f) for f in first):
-            return "module file name with white space: the residual risk in docs/threat-model.md"
+        if all(not _taken_for_import(f, "") for f in first):
+            return "module file name with characters beyond [A-Za-z0-9_-]: the residual risk in docs/threat-model.md"
     return None
 
 
 def _taken_for_import(module: str, name: str) -> bool:
     """The scanner's rule (pickle_stream._importable): the first dotted part of the module is
-    non-empty, without white space, NUL or slash."""
+    non-empty and made of identifier characters and ``-`` (digits first too)."""
     first = module.split(".")[0]
-    return bool(first) and not any(c.isspace() or c in "\0/" for c in first)
+    return bool(first) and ("_" + first.replace("-", "_")).isidentifier()
 
 
 def _truncated_stream(data: bytes) -> bool:

@@ -133,8 +133,8 @@ def shortcuts_off(monkeypatch):
     """Turn every shortcut that can be turned off off: the report must not change."""
     def off():
         monkeypatch.setattr(pickle_stream, "_fails_at_once", lambda fs, span: False)
-        monkeypatch.setattr(scanner, "judge_trace", lambda trace, policy, path, location, base=0:
-                            judge.TraceJudge(policy, path, location, base).judge(trace))
+        monkeypatch.setattr(scanner, "judge_trace", lambda trace, policy, path, location, base=0, itemsize=None:
+                            judge.TraceJudge(policy, path, location, base, itemsize).judge(trace))
         monkeypatch.setattr(blob, "SMALL_FILE_BYTES", -1)
         monkeypatch.setattr(numpy_files, "MEMO_HEADER_BYTES", -1)
         monkeypatch.setattr(walker, "DEADLINE_CHECK_INTERVAL", 1 << 15)

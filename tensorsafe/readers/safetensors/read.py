@@ -24,16 +24,25 @@ def read_checked_header(src: ByteSource) -> Header:
     return header
 
 
-def read_tensor_refs(src: ByteSource) -> tuple[Header, dict[str, TensorRef]]:
-    """The header and a reference per tensor (absolute file offsets), for a reader of the data.
-
-    Raises :class:`HeaderFormatError` for a format error, also one the reference lets through
-    (a repeated name or ``__metadata__``: readers disagree on which value counts), and
-    :class:`ParseError` for a dtype tensorsafe cannot turn into an array (the sub-byte floats)."""
+def read_unambiguous_header(src: ByteSource) -> Header:
+    """The header, through every format rule, also those the reference lets through (ST-F08 a
+    repeated key, ST-F10 an array-form entry, ST-F11 a map-form dtype): readers disagree on what
+    such a header says, so nothing that shows or reads its tensors may take one reader's side.
+    Raises :class:`HeaderFormatError`."""
     header = read_checked_header(src)
     if header.differentials:
         first = header.differentials[0]
         raise HeaderFormatError(first.rule_id, first.message, offset=first.offset, trigger=first.trigger)
+    return header
+
+
+def read_tensor_refs(src: ByteSource) -> tuple[Header, dict[str, TensorRef]]:
+    """The header and a reference per tensor (absolute file offsets), for a reader of the data.
+
+    Raises :class:`HeaderFormatError` for a format error, also one the reference lets through
+    (:func:`read_unambiguous_header`), and :class:`ParseError` for a dtype tensorsafe cannot turn
+    into an array (the sub-byte floats)."""
+    header = read_unambiguous_header(src)
     refs: dict[str, TensorRef] = {}
     for name, dtype_name, shape, begin, end in header.tensors:
         dtype = DTYPES.get(dtype_name)
@@ -44,4 +53,4 @@ def read_tensor_refs(src: ByteSource) -> tuple[Header, dict[str, TensorRef]]:
     return header, refs
 
 
-__all__ = ["read_checked_header", "read_tensor_refs"]
+__all__ = ["read_checked_header", "read_tensor_refs", "read_unambiguous_header"]
