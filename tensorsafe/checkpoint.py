@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from tensorsafe.api import scan
 from tensorsafe.engine.zip_scan import TORCH_PICKLE
-from tensorsafe.errors import ParseError, UnsafeFileError
+from tensorsafe.errors import ParseError, TensorsafeError, UnsafeFileError
 from tensorsafe.pickles.policy import Policy
 from tensorsafe.pickles.reader import Rebuilder, TypedStorage, storage_dtype
 from tensorsafe.pickles.walker import PickleTrace, walk
@@ -38,15 +38,20 @@ def read_checkpoint(path: str | os.PathLike, *, policy: Policy | None = None, sc
     path = os.fspath(path)
     if scan_first:
         require_clean(path, policy)
-    with MappedFile(path) as mf:
-        span = mf.span
-        kind = sniff(span)
-        if kind is Kind.ZIP:
-            fmt, root = "pytorch-zip", _read_zip(span)
-        elif kind is Kind.PICKLE:
-            fmt, root = "pytorch-legacy", _read_legacy(span)
-        else:
-            raise ParseError(f"not a PyTorch checkpoint (looks like {kind.value})", path=path)
+    try:
+        with MappedFile(path) as mf:
+            span = mf.span
+            kind = sniff(span)
+            if kind is Kind.ZIP:
+                fmt, root = "pytorch-zip", _read_zip(span)
+            elif kind is Kind.PICKLE:
+                fmt, root = "pytorch-legacy", _read_legacy(span)
+            else:
+                raise ParseError(f"not a PyTorch checkpoint (looks like {kind.value})", path=path)
+    except TensorsafeError as exc:  # the readers below know the place, not the file: every caller names it
+        if exc.path is None:
+            exc.path = path
+        raise
     return _checkpoint(path, fmt, root)
 
 

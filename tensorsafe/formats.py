@@ -4,12 +4,14 @@ from __future__ import annotations
 import os
 
 from tensorsafe.version import __version__
-from tensorsafe.report import Finding, Report, printable
+from tensorsafe.report import Finding, Report, printable_lines
 
 JSON_SCHEMA_VERSION = 1
 
 
 def to_text(report: Report, *, verbose: bool = False) -> str:
+    """The report for a person; every line escaped whole (:func:`printable_lines`): file names, archive
+    members and header strings come from hostile files."""
     lines = []
     for fr in report.files:
         if not fr.findings and not verbose and fr.hub_verdict is None:
@@ -20,7 +22,7 @@ def to_text(report: Report, *, verbose: bool = False) -> str:
             lines.append("  " + finding_line(f))
         if verbose and fr.imports:
             for u in fr.imports:
-                lines.append(f"  import {printable(u.qualified)} [{u.tier}] x{u.count}")
+                lines.append(f"  import {u.qualified} [{u.tier}] x{u.count}")
     remote = [fr for fr in report.files if fr.bytes_read is not None]
     if remote:
         read, size = sum(fr.bytes_read for fr in remote), sum(fr.size or 0 for fr in remote)
@@ -28,7 +30,7 @@ def to_text(report: Report, *, verbose: bool = False) -> str:
                      f"({len(remote)} file{'s' if len(remote) != 1 else ''})")
     lines.append(report.policy.summary())
     lines.append(summary_line(report))
-    return "\n".join(lines)
+    return printable_lines(lines)
 
 
 def remote_lines(fr) -> list[str]:
@@ -37,7 +39,7 @@ def remote_lines(fr) -> list[str]:
     if fr.bytes_read is not None:
         out.append(f"  read {fr.bytes_read:,} of {fr.size or 0:,} bytes from the Hub")
     if fr.hub_verdict is not None:
-        out.append(f"  hub verdict: {printable(fr.hub_verdict)}")
+        out.append(f"  hub verdict: {fr.hub_verdict}")
     return out
 
 

@@ -176,11 +176,15 @@ class _Materializer:
             t = t.set_(storage, ref.storage_offset, ref.shape, ref.stride)
             return torch.nn.Parameter(t, ref.requires_grad) if isinstance(ref, ParameterRef) else t
         dtype = np.dtype(ref.dtype.numpy) if ref.dtype.numpy else self._extension_dtype(ref.dtype, where)
-        if not ref.numel:
-            return np.empty(ref.shape, dtype)
-        strides = tuple(s * dtype.itemsize for s in ref.stride)
-        return np.ndarray(ref.shape, dtype, buffer=store, offset=ref.storage_offset * dtype.itemsize,
-                          strides=strides)
+        try:
+            if not ref.numel:
+                return np.empty(ref.shape, dtype)
+            strides = tuple(s * dtype.itemsize for s in ref.stride)
+            return np.ndarray(ref.shape, dtype, buffer=store, offset=ref.storage_offset * dtype.itemsize,
+                              strides=strides)
+        except (ValueError, OverflowError):  # a size or stride past numpy's intp (torch holds it: int64 elements)
+            raise UsageError(f"numpy cannot hold a tensor of shape {ref.shape} and stride {ref.stride}; use "
+                             "framework='torch'", path=self.path, location=where or None) from None
 
 
 def raw_bytes_view(ref: TensorRef, buf: bytes | mmap.mmap) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Findings and reports: structured results that the CLI renders (text, JSON, SARIF)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tensorsafe.rules import Outcome, Severity, rule
@@ -12,17 +13,25 @@ EXIT_UNREADABLE = 2
 
 def printable(text: str) -> str:
     """Names come from hostile files: escape control and format characters and lone surrogates,
-    so a report can neither crash the terminal encoder nor rewrite what the user sees."""
+    so a report can neither crash the terminal encoder nor rewrite what the user sees.
+
+    Every character Python does not call printable is written as ``\\uXXXX`` (``\\UXXXXXXXX``): the C0
+    and C1 controls (ESC, CR, LF, backspace, BEL, CSI ...), the bidi embeddings, overrides and isolates
+    (U+202A-202E, U+2066-2069), other format characters (zero-width, BOM), line and paragraph
+    separators and lone surrogates (undecodable file-name bytes). The result is one line."""
     if text.isprintable():
         return text
-    out = []
-    for ch in text:
-        if ch.isprintable() or ch == " ":
-            out.append(ch)
-        else:
-            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii")
-                       if not 0xD800 <= ord(ch) <= 0xDFFF else f"\\u{ord(ch):04x}")
-    return "".join(out)
+    return "".join(ch if ch.isprintable() else _escaped(ch) for ch in text)
+
+
+def _escaped(ch: str) -> str:
+    return f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
+
+
+def printable_lines(lines: Iterable[str]) -> str:
+    """``lines`` joined for a terminal, each escaped whole by :func:`printable`: a name holding a
+    newline stays inside its own line, so it cannot forge another one."""
+    return "\n".join(map(printable, lines))
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,7 @@ class Finding:
     def __str__(self) -> str:
         where = f" [{self.location}]" if str(self.location) else ""
         outcome = self.outcome.value if self.outcome is not None else rule(self.rule_id).outcome.value
-        return f"{self.path}{where}: {self.rule_id} {outcome}: {self.message}"
+        return printable(f"{self.path}{where}: {self.rule_id} {outcome}: {self.message}")  # for a person: one line
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from tensorsafe.cli.output import echo
 from tensorsafe.cli.render import require_render_extra
 from tensorsafe.converter.execute import DEFAULT_MAX_SHARD_BYTES
 from tensorsafe.converter.run import ConversionResult, ConvertOptions, convert
+from tensorsafe.report import printable, printable_lines
 
 
 def _progress_factory(quiet: bool):
@@ -32,8 +33,9 @@ def _progress_factory(quiet: bool):
 
 
 def _summary(r: ConversionResult) -> str:
+    """Each line escaped whole: paths, tensor names and notes come from the (untrusted) source."""
     if _writes_weights(r):
-        return "\n".join(_weights_summary(r))
+        return printable_lines(_weights_summary(r))
     lines = [f"converted {r.src} -> {r.dst} ({r.direction})",
              f"  family: {r.family}",
              f"  components: {', '.join(r.components)}",
@@ -46,7 +48,7 @@ def _summary(r: ConversionResult) -> str:
     if r.unmapped:
         lines.append(f"  left out {len(r.unmapped)} unknown keys (--allow-unmapped): {', '.join(r.unmapped[:5])}")
     lines += [f"  read through a symlink leading out of its folder (--allow-symlinks): {s}" for s in r.symlinked]
-    return "\n".join(lines)
+    return printable_lines(lines)
 
 
 SHOWN = 20
@@ -181,4 +183,4 @@ def _check_render(dst: Path, quiet: bool) -> None:
     if not quiet:
         from tensorsafe.cli.progress import check_render_note
 
-        echo(f"  check render: {png}{check_render_note(png)}")
+        echo(printable(f"  check render: {png}{check_render_note(png)}"))

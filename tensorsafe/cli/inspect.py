@@ -10,6 +10,7 @@ import json
 from tensorsafe.cli.hub import inspect_remote_safetensors, local_source, path_or_hub
 from tensorsafe.cli.output import echo
 from tensorsafe.converter.describe import inspect_local, with_identification
+from tensorsafe.report import printable_lines
 from tensorsafe.safetensors.inspect import to_dict, to_table
 
 DESCRIPTION = """\
@@ -50,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
                                           ins.metadata)  # header only: alphas are not read
     else:
         data, lines = inspect_local(local_source(source))
-    echo(json.dumps(data, indent=2, default=str) if args.as_json else "\n".join(lines))
+    echo(json.dumps(data, indent=2, default=str) if args.as_json else printable_lines(lines))
     return 0

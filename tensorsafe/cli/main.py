@@ -23,7 +23,7 @@ from typing import NamedTuple, NoReturn
 
 from tensorsafe.cli.interrupts import interrupted
 from tensorsafe.errors import TensorsafeError
-from tensorsafe.report import EXIT_UNREADABLE
+from tensorsafe.report import EXIT_UNREADABLE, printable
 from tensorsafe.version import __version__
 
 PROG = "tensorsafe"
@@ -67,11 +67,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{', '.join(action.option_strings)} {value}"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, its ``error:`` line escaped: it repeats words of the command line, and a
+    ``find ... -exec tensorsafe scan {} +`` puts file names there."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(printable(message))
+
+
 def top_parser() -> argparse.ArgumentParser:
     """``tensorsafe [--version] [--debug] COMMAND``; ``--help`` lists the commands of the table."""
     width = max(map(len, COMMANDS))
     listing = "\n".join(f"  {name:{width}}  {command.summary}" for name, command in COMMANDS.items())
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG, usage=f"{PROG} [-h] [--version] [--debug] COMMAND [ARGS]...", description=DESCRIPTION,
         epilog=f"commands:\n{listing}\n\n'{PROG} COMMAND --help' shows a command's options.",
         formatter_class=HelpFormatter, allow_abbrev=False)
@@ -84,8 +92,8 @@ def top_parser() -> argparse.ArgumentParser:
 def command_parser(name: str) -> tuple[argparse.ArgumentParser, ModuleType]:
     """The parser of command ``name`` and its module, imported now (the only command module loaded)."""
     module = importlib.import_module(COMMANDS[name].module)
-    parser = argparse.ArgumentParser(prog=f"{PROG} {name}", description=module.DESCRIPTION,
-                                     formatter_class=HelpFormatter, allow_abbrev=False)
+    parser = Parser(prog=f"{PROG} {name}", description=module.DESCRIPTION, formatter_class=HelpFormatter,
+                    allow_abbrev=False)
     module.add_arguments(parser)
     parser.usage = f"%(prog)s [OPTIONS] {_operands(parser)}"  # the options are listed below it
     return parser, module
@@ -122,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except TensorsafeError as exc:
         if options.debug:
             raise
-        sys.stderr.write(f"{PROG}: error: {exc.cli_message()}\n")
+        sys.stderr.write(f"{PROG}: error: {printable(exc.cli_message())}\n")  # one line, whatever the file is named
         sys.stderr.flush()
         code = EXIT_UNREADABLE
     except KeyboardInterrupt:

@@ -13,12 +13,18 @@ from pathlib import Path
 from tensorsafe.cli.arguments import path
 from tensorsafe.errors import OutputError
 from tensorsafe.formats import to_json, to_sarif, to_text
-from tensorsafe.report import Report
+from tensorsafe.report import Report, printable_lines
 
 
 def echo(text: str, *, err: bool = False) -> None:
-    """``text`` and a newline on stdout (stderr with ``err``), flushed so the two keep their order."""
+    """``text`` and a newline on stdout (stderr with ``err``), flushed so the two keep their order.
+
+    The terminal boundary: no control or format character but ``text``'s own line breaks gets out
+    (names in it come from hostile files). A caller that joins lines holding names escapes each line
+    whole first (:func:`~tensorsafe.report.printable_lines`), so a newline in a name forges no line."""
     stream = sys.stderr if err else sys.stdout
+    if not text.replace("\n", " ").isprintable():  # one C pass first: a large JSON report is all printable
+        text = printable_lines(text.split("\n"))
     stream.write(text + "\n")
     stream.flush()
 

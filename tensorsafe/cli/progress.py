@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from tensorsafe.report import printable
+
 Reporter = Callable[[int, int], None]
 LINES = 10  # progress lines in a log, at most (plus the first)
 
@@ -22,6 +24,7 @@ def step_reporter(quiet: bool = False, stream: TextIO | None = None, label: str 
     if quiet:
         return None
     stream = sys.stderr if stream is None else stream
+    label = printable(label)  # drawn raw by tqdm and the log lines
     isatty = getattr(stream, "isatty", None)
     return TerminalBar(stream, label) if isatty is not None and isatty() else PlainLines(stream, label)
 

@@ -16,6 +16,7 @@ from tensorsafe.cli.progress import Reporter, render_notes, step_reporter
 from tensorsafe.errors import UsageError
 from tensorsafe.pipeline import render
 from tensorsafe.pipeline.sizing import default_side_for
+from tensorsafe.report import printable
 
 RENDER_EXTRA = ("torch", "PIL", "tokenizers")  # import names of the render extra's packages
 
@@ -161,11 +162,11 @@ def run(args: argparse.Namespace) -> int:
                    depth_map=args.depth_file, image_guidance=args.image_guidance,
                    default_max_side=default_side_for(args.device))
     if not args.quiet:
-        echo(f"rendered {args.path} -> {args.output} ({image.width}x{image.height}, {args.steps} steps, "
-             f"{args.scheduler}, seed {args.seed})")
+        echo(printable(f"rendered {args.path} -> {args.output} ({image.width}x{image.height}, {args.steps} steps, "
+                       f"{args.scheduler}, seed {args.seed})"))
         settings = json.loads(image.info.get("tensorsafe", "{}"))
         for line in settings.get("adapters", []):
-            echo(f"  with {line}")
+            echo(printable(f"  with {line}"))
         for line in render_notes(settings):
-            echo(line)
+            echo(printable(line))
     return 0

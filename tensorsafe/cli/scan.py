@@ -20,7 +20,7 @@ from tensorsafe.limits import (
     ScanLimits,
 )
 from tensorsafe.pickles.policy import Policy
-from tensorsafe.report import Report
+from tensorsafe.report import Report, printable_lines
 
 DESCRIPTION = """\
 Scan files and folders for pickles that can run code.
@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if args.explain:
         for fr in report.files:
             for where, source in fr.explanations:
-                echo(f"\n--- {fr.path} [{where or 'pickle'}] decompiled by fickling (not executed) ---", err=True)
+                echo(printable_lines(["", f"--- {fr.path} [{where or 'pickle'}] decompiled by fickling (not executed) ---"]),
+                     err=True)
                 echo(source, err=True)
     return report.exit_code
 

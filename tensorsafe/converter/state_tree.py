@@ -183,6 +183,9 @@ def _outside(sel: Selection, name: str, value: object, where: str) -> None:
 def _flatten(sel: Selection, node: object, prefix: str, depth: int) -> None:
     if isinstance(node, TensorRef):
         name = prefix or "tensor"
+        if not _is_utf8(name):
+            raise ParseError(f"tensor name {name!r} is not UTF-8 text (a lone surrogate): a safetensors header "
+                             "cannot hold it")
         if name in sel.tensors:
             raise ParseError(f"two tensors would both be named {name!r} once nested names are joined with dots")
         sel.tensors[name] = node
@@ -202,11 +205,23 @@ def _plain_rule(sel: Selection, name: str, value: object) -> None:
         sel.dropped[name] = f"{why}: safetensors holds tensors, and text in __metadata__"
         return
     text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    if not (_is_utf8(name) and _is_utf8(text)):
+        sel.dropped[name] = "text that is not UTF-8 (a lone surrogate): a safetensors header cannot hold it"
+        return
     if len(text) > METADATA_VALUE_MAX:
         sel.dropped[name] = f"plain data of {len(text):,} characters as JSON: longer than the {METADATA_VALUE_MAX:,} " \
                             "kept in __metadata__"
         return
     sel.kept[name] = text
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8: a pickle's strings may hold lone surrogates, a header's may not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _not_plain(v: object, budget: list[int] | None = None) -> str | None:

@@ -30,12 +30,13 @@ WEAK_MAGIC = frozenset({Kind.LZMA, Kind.ZLIB, Kind.JOBLIB_ZFILE})
 def scan_kind(fs: "FileScan", kind: Kind, span: Span, location: Location, depth: int,
               pickle_expected: bool) -> None:
     head = span.head(TAR_BLOCK)
+    read_as_tar = False
     if kind is not Kind.TAR and not head.startswith(ZIP_LOCAL_MAGIC) and starts_tar_header(head):
         # torch.load reads a file that does not start a zip member with tarfile first (its pre-1.0
         # layout), whatever else the bytes are (a pickle, a .npy, safetensors...): both ways, then
         from tensorsafe.engine.tar_scan import scan_tar  # tarfile loads only for a tar
 
-        scan_tar(fs, span, location, depth)
+        read_as_tar = scan_tar(fs, span, location, depth)
     if kind is Kind.ZIP:
         scan_zip(fs, span, location, depth)
     elif kind in COMPRESSED:
@@ -63,11 +64,13 @@ def scan_kind(fs: "FileScan", kind: Kind, span: Span, location: Location, depth:
 
         scan_hdf5(fs, span, location, depth)
     elif not scan_pickle_stream(fs, span, location, depth, expected=pickle_expected or kind is Kind.PICKLE):
-        scan_not_pickle(fs, span, location, depth)
+        scan_not_pickle(fs, span, location, depth, read_as_tar=read_as_tar)
 
 
-def scan_not_pickle(fs: "FileScan", span: Span, location: Location, depth: int) -> None:
-    """Bytes that are no pickle: a Git LFS pointer, safetensors with a lying header, a plain format, or unscanned."""
+def scan_not_pickle(fs: "FileScan", span: Span, location: Location, depth: int, *, read_as_tar: bool = False) -> None:
+    """Bytes that are no pickle: a Git LFS pointer, safetensors with a lying header, a plain format, or unscanned.
+    ``read_as_tar``: ``tarfile`` read them (an old-style tar has no ``ustar`` magic to sniff), so they
+    are a tar, scanned as one, not unknown bytes; the other readings are still checked."""
     from tensorsafe.engine.identify import identify_unknown, report_lfs_pointer
 
     if report_lfs_pointer(fs, span, location):
@@ -81,7 +84,8 @@ def scan_not_pickle(fs: "FileScan", span: Span, location: Location, depth: int) 
 
     if scan_onnx_candidate(fs, span, location):  # ONNX has no magic bytes: a protobuf ModelProto that parses
         return
-    identify_unknown(fs, span, location)
+    if not read_as_tar:
+        identify_unknown(fs, span, location)
 
 
 def _broken_safetensors(fs: "FileScan", span: Span, location: Location) -> bool:
@@ -106,7 +110,9 @@ def scan_pickle_front(fs: "FileScan", span: Span, location: Location, depth: int
 
 
 def scan_compressed(fs: "FileScan", kind: Kind, span: Span, location: Location, depth: int,
-                    pickle_expected: bool) -> None:
+                    pickle_expected: bool, *, also_read_as_safetensors: bool = False) -> None:
+    """``also_read_as_safetensors``: the span is valid safetensors too (scanned as that), so a stream
+    that yields nothing at all only means "not this kind": its loaders get nothing from it."""
     from tensorsafe.readers.decompress import DecompressError, NotOpened, decompress
 
     method, name = COMPRESSED[kind], kind.value
@@ -126,6 +132,8 @@ def scan_compressed(fs: "FileScan", kind: Kind, span: Span, location: Location, 
             fs.add_error(exc, "ARC-03", location)
         return
     except DecompressError as exc:
+        if also_read_as_safetensors and not exc.partial:
+            return
         if kind in WEAK_MAGIC and not exc.partial:
             if not scan_pickle_stream(fs, span, location, depth, expected=pickle_expected):
                 scan_not_pickle(fs, span, location, depth)
@@ -138,6 +146,21 @@ def scan_compressed(fs: "FileScan", kind: Kind, span: Span, location: Location, 
         return
     fs.note_kind(name)
     fs.scan_span(Span.of_bytes(data), location.inside(f"<{name}>"), depth + 1, pickle_expected=pickle_expected)
+
+
+def scan_safetensors_lookalike(fs: "FileScan", kind: Kind, span: Span, location: Location, depth: int,
+                               pickle_expected: bool) -> None:
+    """Valid safetensors whose header length starts with ``kind``'s magic (35,615 is gzip's ``1F 8B``):
+    loaders decide by their own API, so both readings are scanned. The safetensors checks walk the
+    pickle front and open a zip at the end the way ``zipfile`` does (a ``PK\\3\\4`` length is that
+    zip reading); a decompressor's reading that yields nothing gives its loaders nothing."""
+    from tensorsafe.engine.safetensors_span import scan_safetensors  # the header checks (ST-*) and polyglot fronts
+
+    scan_safetensors(fs, span, location, depth)
+    if kind in COMPRESSED:
+        scan_compressed(fs, kind, span, location, depth, pickle_expected, also_read_as_safetensors=True)
+    elif kind is not Kind.ZIP:
+        scan_kind(fs, kind, span, location, depth, pickle_expected)
 
 
 def scan_npy(fs: "FileScan", span: Span, location: Location, depth: int) -> None:

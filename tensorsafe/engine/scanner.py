@@ -22,7 +22,7 @@ from tensorsafe.pickles.values import BytesRef
 from tensorsafe.pickles.walker import BuildHook, PickleTrace, collector_paused, walk
 from tensorsafe.rules import LIMIT_RULES, Outcome
 from tensorsafe.report import FileResult, Finding, ImportUse, Location
-from tensorsafe.readers.sniff import Kind, may_hold_zip_at_end, sniff
+from tensorsafe.readers.sniff import Kind, magic_kind, may_hold_zip_at_end, sniff
 
 if TYPE_CHECKING:
     import mmap
@@ -127,6 +127,10 @@ class FileScan:
         if not self.check_deadline(location):
             return
         kind = sniff(span)
+        spelled = magic_kind(span) if kind is Kind.SAFETENSORS else None
+        if spelled is not None:  # e.g. a header length of 35,615 starts with gzip's magic
+            dispatch.scan_safetensors_lookalike(self, spelled, span, location, depth, pickle_expected)
+            return
         if kind in POLYGLOT_FRONT_KINDS and may_hold_zip_at_end(span) \
                 and scan_trailing_zip(self, span, location, depth):
             return

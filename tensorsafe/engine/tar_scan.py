@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import struct
 import tarfile
+import time
 from typing import TYPE_CHECKING
 
-from tensorsafe.readers.blob import Span
+from tensorsafe.readers.blob import Span, SpanReader
 from tensorsafe.tensors import STORAGE_ELEMENT_SIZE
 from tensorsafe.errors import LimitExceeded
 from tensorsafe.pickles.values import Global
@@ -22,24 +23,26 @@ if TYPE_CHECKING:
 TORCH_TAR_MEMBERS = frozenset({"sys_info", "pickle", "storages", "tensors"})
 
 
-def scan_tar(fs: "FileScan", span: Span, location: Location, depth: int) -> None:
+def scan_tar(fs: "FileScan", span: Span, location: Location, depth: int) -> bool:
+    """Scan the members ``tarfile`` lists; True when it lists them (the bytes are a tar), False
+    when the archive cannot be read (ARC-05)."""
     try:
-        members = _members(span, fs.limits.max_members)
+        members = _members(span, fs.limits.max_members, fs.deadline)
     except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeDecodeError) as exc:
         fs.note_kind("tar")
         fs.add("ARC-05", f"tar archive cannot be read: {exc}", location)
-        return
+        return False
     except LimitExceeded as exc:
         fs.note_kind("tar")
         fs.add_error(exc, "ARC-05", location)
-        return
+        return False
     names = {m.name for m in members}
     torch_tar = {"pickle", "storages"} <= names
     fs.note_kind("pytorch-tar" if torch_tar else "tar")
     report_model_archive_code(fs, (m.name for m in members), location)  # TorchServe: --archive-format tgz
     for m in members:
         if not fs.check_deadline(location):
-            return
+            return True
         where = location.inside(m.name)
         if _unsafe_name(m):
             fs.add("ARC-04", f"tar member {m.name!r} is {'a link' if (m.issym() or m.islnk()) else 'an unsafe path'}",
@@ -62,6 +65,7 @@ def scan_tar(fs: "FileScan", span: Span, location: Location, depth: int) -> None
             fs.scan_span(body, where, depth + 1, pickle_expected=torch_tar and m.name in TORCH_TAR_MEMBERS)
     if may_hold_zip_at_end(span) and not _zip_end_in_member(span, members):
         scan_trailing_zip(fs, span, location, depth)  # zipfile.is_zipfile says yes: Keras opens a .keras so
+    return True
 
 
 def _zip_end_in_member(span: Span, members: list[tarfile.TarInfo]) -> bool:
@@ -91,14 +95,62 @@ def _member_body(span: Span, m: tarfile.TarInfo, limit: int) -> Span:
     return Span.of_bytes(data)
 
 
-def _members(span: Span, max_members: int) -> list[tarfile.TarInfo]:
-    members = []
+def _members(span: Span, max_members: int, deadline: float) -> list[tarfile.TarInfo]:
+    """The members ``tarfile`` lists, then those after its end: GNU tar skips a bad header (and
+    ``tar -i`` / ``ignore_zeros`` the end-of-archive blocks) to extract members ``tarfile`` never lists."""
+    members: list[tarfile.TarInfo] = []
     with tarfile.open(fileobj=span.reader(), mode="r:") as tar:
         for info in tar:
             members.append(info)
             if len(members) > max_members:
                 raise LimitExceeded("MAX_ZIP_MEMBERS", max_members, f"more than {max_members:,} tar members")
+        end = tar.offset
+    after = _first_data_block(span, end)
+    if after is not None:
+        _add_members_after_end(span, after, members, max_members, deadline)
     return members
+
+
+def _add_members_after_end(span: Span, after: int, members: list[tarfile.TarInfo], max_members: int,
+                           deadline: float) -> None:
+    """Append the members ``ignore_zeros`` finds from ``after`` on, until the bytes stop reading as
+    tar (junk shorter than a header, a member cut short: what was listed stays listed)."""
+    try:
+        with tarfile.open(fileobj=_DeadlineReader(span.sub(after, span.size), deadline), mode="r:",
+                          ignore_zeros=True) as tar:
+            for info in tar:
+                info.offset += after
+                info.offset_data += after
+                members.append(info)
+                if len(members) > max_members:
+                    raise LimitExceeded("MAX_ZIP_MEMBERS", max_members, f"more than {max_members:,} tar members")
+    except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeDecodeError):
+        return
+
+
+def _first_data_block(span: Span, end: int, chunk: int = 1 << 20) -> int | None:
+    """Offset of the first 512-byte block from ``end`` on that is not all zeros (the end-of-archive
+    blocks and record padding are zeros), or None."""
+    for lo in range(end, span.size, chunk):
+        data = span.read(lo, chunk)
+        stripped = data.lstrip(b"\0")
+        if stripped:
+            at = lo + len(data) - len(stripped)
+            return at - (at - end) % tarfile.BLOCKSIZE
+    return None
+
+
+class _DeadlineReader(SpanReader):
+    """A span reader that stops at the scan's deadline: ``ignore_zeros`` walks junk block by block."""
+
+    def __init__(self, span: Span, deadline: float):
+        super().__init__(span)
+        self.deadline = deadline
+
+    def read(self, n: int = -1) -> bytes:
+        if time.monotonic() > self.deadline:
+            raise LimitExceeded("MAX_SCAN_SECONDS", 0, "scan stopped while looking for tar members after the end")
+        return super().read(n)
 
 
 def _unsafe_name(m: tarfile.TarInfo) -> bool:

@@ -218,7 +218,7 @@ class TraceJudge:
                   call.offset, _describe(target))
 
     def _nested(self, call: Call, func: Global) -> None:
-        for payload in _byte_arguments(call.args):
+        for payload in _byte_arguments(_data_argument(call.args)):
             self.out.nested.append(NestedPayload(payload, call.offset, func.qualified))
 
     def _allocations(self, trace: PickleTrace) -> None:
@@ -273,20 +273,31 @@ def _is_tensor_rebuild(value: Call) -> bool:
             and func.name.startswith("_rebuild_") and (func.module, func.name) in ALLOWED)
 
 
-def _byte_arguments(args: object, depth: int = 0) -> list[bytes | BytesRef]:
-    """Bytes found in a call's arguments, looking through tuples and simple wrapping calls."""
+def _data_argument(args: object) -> object:
+    """The argument a loader unpickles, or a wrapping call turns into bytes: the first positional one
+    (``pickle.loads(data)``, ``torch.load(f, map_location)``, ``_codecs.encode(text, "latin1")``,
+    ``io.BytesIO(data)``). The others are options (an encoding name, a device), never a payload.
+    Arguments computed at load time are followed as they are."""
+    if isinstance(args, (tuple, list)):
+        return args[0] if args else None
+    return args
+
+
+def _byte_arguments(value: object, depth: int = 0) -> list[bytes | BytesRef]:
+    """Bytes a loader is handed as ``value``, looking through tuples, lists and the data argument of
+    simple wrapping calls (how protocols 0-2 carry bytes: ``_codecs.encode(text, "latin1")``)."""
     if depth > 4:
         return []
-    if isinstance(args, (bytes, BytesRef)):
-        return [args]
-    if isinstance(args, str):
-        return [args.encode("latin-1", "replace")]
+    if isinstance(value, (bytes, BytesRef)):
+        return [value]
+    if isinstance(value, str):
+        return [value.encode("latin-1", "replace")]
     found: list[bytes | BytesRef] = []
-    if isinstance(args, (tuple, list)):
-        for a in args:
+    if isinstance(value, (tuple, list)):
+        for a in value:
             found.extend(_byte_arguments(a, depth + 1))
-    elif isinstance(args, Call):
-        found.extend(_byte_arguments(args.args, depth + 1))
+    elif isinstance(value, Call):
+        found.extend(_byte_arguments(_data_argument(value.args), depth + 1))
     return found
 
 

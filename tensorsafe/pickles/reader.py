@@ -157,18 +157,22 @@ def _codecs_encode(r: Rebuilder, args: tuple, c: Call, depth: int) -> bytes:
     raise ParseError("_codecs.encode with arguments other than (text, latin1/utf-8)")
 
 
+_INT64_MAX = 2**63 - 1
+"""torch keeps sizes, strides and offsets as int64: a larger one makes ``Tensor.set_`` (torch.load) fail."""
+
+
 def _ints(value: object, what: str) -> tuple[int, ...]:
-    if not isinstance(value, tuple) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    if not isinstance(value, tuple) or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= _INT64_MAX
                                                for x in value):
-        raise ParseError(f"tensor {what} {value!r} is not a tuple of non-negative integers")
+        raise ParseError(f"tensor {what} {value!r} is not a tuple of non-negative int64 integers")
     return value
 
 
 def _tensor(storage: object, offset: object, size: object, stride: object, dtype: DType | None) -> TensorRef:
     if not isinstance(storage, TypedStorage):
         raise ParseError("tensor storage is not a storage reference")
-    if not isinstance(offset, int) or offset < 0:
-        raise ParseError(f"tensor storage offset {offset!r} is not a non-negative integer")
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= _INT64_MAX:
+        raise ParseError(f"tensor storage offset {offset!r} is not a non-negative int64 integer")
     shape, strides = _ints(size, "size"), _ints(stride, "stride")
     if len(shape) != len(strides):
         raise ParseError("tensor size and stride have different lengths")

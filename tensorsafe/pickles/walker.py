@@ -12,6 +12,7 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import gc
+import mmap
 import struct
 import sys
 import time
@@ -158,18 +159,32 @@ class Walker:
                           "object may skip the frame's last bytes)")
 
     def _line(self, pos: int) -> tuple[bytes, int]:
-        """A newline-ended argument. At the end of the stream, pickle.py's readline returns the rest
-        without a newline and drops its last byte: an import cut short there still imports its
-        module, so the walker reads it the same way (and fails at the next opcode)."""
+        """A newline-ended argument (see :meth:`_line_bounds`)."""
+        stop, after = self._line_bounds(pos)
+        return bytes(self.data[pos:stop]), after
+
+    def _c_line(self, pos: int) -> tuple[bytes, int]:
+        """A newline-ended argument up to its first NUL (see :func:`_c_string`): all that C's load_int,
+        load_long, load_float, load_get and load_put parse, and all that is copied (a line can run on
+        through gigabytes of zero tensor data)."""
+        stop, after = self._line_bounds(pos)
+        nul = self.data.find(b"\0", pos, stop)
+        return bytes(self.data[pos:stop if nul < 0 else nul]), after
+
+    def _line_bounds(self, pos: int) -> tuple[int, int]:
+        """Where the newline-ended argument at ``pos`` stops, and where the next opcode starts. At the
+        end of the stream, pickle.py's readline returns the rest without a newline and drops its last
+        byte: an import cut short there still imports its module, so the walker reads it the same way
+        (and fails at the next opcode). One ``find`` (memchr), however long the line."""
         nl = self.data.find(b"\n", pos, self.end)
         if nl < 0:
             if pos >= self.end:
                 raise _Truncated("line argument has no newline before the end of the stream")
-            return bytes(self.data[pos:self.end - 1]), self.end
+            return self.end - 1, self.end
         if pos < self.frame_end <= nl:
             self._diverge(pos, f"a text argument read at offset {pos} runs past the end of its frame: pickle.py "
                           "stops there, the C unpickler reads on (from a file object, from after the frame)")
-        return bytes(self.data[pos:nl]), nl + 1
+        return nl, nl + 1
 
     def _diverge(self, offset: int, message: str) -> None:
         if len(self.trace.framing) < MAX_FRAMING_NOTES:
@@ -780,16 +795,29 @@ _MAPPING_MAKERS = frozenset({("builtins", "dict"), ("collections", "OrderedDict"
 
 
 def _op_persid(w: Walker, pos: int) -> int:
+    """A protocol-0 persistent id: an ASCII line. A line longer than :data:`INLINE_BYTES_LIMIT` stays
+    in the buffer (a ``BytesRef``, like a long bytes argument): a safetensors file whose header
+    length starts with ``P`` reads on through its tensor data to the first newline, gigabytes that
+    copying and decoding would spend seconds and memory on."""
     offset = pos - 1
-    line, pos = w._line(pos)
-    try:
-        pid = line.decode("ascii")
-    except UnicodeDecodeError:
-        raise _Invalid("persistent IDs in protocol 0 must be ASCII strings") from None
+    stop, after = w._line_bounds(pos)
+    if not _is_ascii(w.data, pos, stop):
+        raise _Invalid("persistent IDs in protocol 0 must be ASCII strings")
+    pid = BytesRef(pos, stop - pos, "persistent id") if stop - pos > INLINE_BYTES_LIMIT \
+        else str(w.data[pos:stop], "ascii")
+    pos = after
     ref = PersistentRef(pid, offset)
     w.trace.persistent.append(ref)
     w.stack.append(ref)
     return pos
+
+
+ASCII_CHUNK_BYTES = 1 << 20
+
+
+def _is_ascii(data: bytes | mmap.mmap | memoryview, start: int, stop: int) -> bool:
+    """``data[start:stop]`` is ASCII, checked a chunk at a time (never one copy of a long line)."""
+    return all(bytes(data[i:min(i + ASCII_CHUNK_BYTES, stop)]).isascii() for i in range(start, stop, ASCII_CHUNK_BYTES))
 
 
 def _op_binpersid(w: Walker, pos: int) -> int:
@@ -872,20 +900,20 @@ def _op_dup(w: Walker, pos: int) -> int:
 
 
 def _op_get(w: Walker, pos: int) -> int:
-    line, pos = w._line(pos)
+    line, pos = w._c_line(pos)
     w._memo_get(_parse_int(line, "GET"))
     return pos
 
 
 def _op_put(w: Walker, pos: int) -> int:
     offset = pos - 1
-    line, pos = w._line(pos)
+    line, pos = w._c_line(pos)
     w._memo_put(_parse_int(line, "PUT"), offset)
     return pos
 
 
 def _op_int(w: Walker, pos: int) -> int:
-    line, pos = w._line(pos)
+    line, pos = w._c_line(pos)
     line = _c_string(line)
     if not line.strip():  # C's strtol reads an empty line (or one cut by a NUL) as 0
         w.stack.append(0)
@@ -895,7 +923,7 @@ def _op_int(w: Walker, pos: int) -> int:
 
 
 def _op_long(w: Walker, pos: int) -> int:
-    line, pos = w._line(pos)
+    line, pos = w._c_line(pos)
     line = _c_string(line)
     if line.endswith(b"L"):
         line = line[:-1]
@@ -904,7 +932,7 @@ def _op_long(w: Walker, pos: int) -> int:
 
 
 def _op_float(w: Walker, pos: int) -> int:
-    line, pos = w._line(pos)
+    line, pos = w._c_line(pos)
     try:
         w.stack.append(float(_c_string(line)))
     except ValueError:

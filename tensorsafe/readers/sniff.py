@@ -5,6 +5,7 @@ import enum
 import struct
 from typing import TypeVar
 
+from tensorsafe.errors import ParseError
 from tensorsafe.readers.blob import Span
 from tensorsafe.readers.zip_directory import END_MAGIC, find_end_record
 from tensorsafe.readers.safetensors.layout import MAX_HEADER_BYTES
@@ -16,7 +17,18 @@ GZIP_MAGIC = b"\x1f\x8b"
 BZ2_MAGIC = b"BZh"
 XZ_MAGIC = b"\xfd7zXZ\x00"
 LZMA_ALONE_MAGIC = b"\x5d\x00"
-"""joblib's prefix for the lzma "alone" format (properties byte 0x5d, then the dictionary size)."""
+"""joblib's prefix for the lzma "alone" format (properties byte 0x5d, then the dictionary size):
+joblib opens any file that starts with it as lzma."""
+LZMA_ALONE_HEADER = struct.Struct("<BIQ")
+"""An lzma "alone" (.lzma) header: properties byte ((pb * 5 + lp) * 9 + lc), dictionary size,
+uncompressed size (all ones: unknown, the stream ends with an end marker)."""
+LZMA_UNKNOWN_SIZE = (1 << 64) - 1
+LZMA_MAX_KNOWN_SIZE = 1 << 38
+"""liblzma's automatic decoder (``lzma.open``, ``LZMAFile``: how pandas and joblib read .lzma)
+refuses a declared size from 256 GiB on, and a dictionary size that is not 2^n or 2^n + 2^(n-1)."""
+LZMA_MIN_DICT_SIZE = 1 << 12
+"""The smallest dictionary an lzma encoder writes (liblzma, the LZMA SDK): smaller ones are taken
+only after joblib's prefix, so that leading zero bytes (an HDF5 user block) are not lzma."""
 LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
 ZSTD_FRAME_MAGIC = b"\x28\xb5\x2f\xfd"
 SKIPPABLE_FRAME = struct.Struct("<II")
@@ -94,12 +106,11 @@ _UNOPENED_BY_FIRST_BYTE = _by_first_byte(UNOPENED_FORMATS)
 def sniff(span: Span) -> Kind:
     """What the first bytes say the span is. ``UNKNOWN`` may still be a protocol-0/1 pickle."""
     head = span.head(512)
-    if head:
-        for magic, kind in LEADING_MAGICS.get(head[0], ()):
-            if head.startswith(magic) and (kind is not Kind.BZ2 or len(head) > 3 and head[3:4] in b"123456789"):
-                return kind
-    if _is_skippable_frame(head):
-        return _after_skippable_frames(span)
+    spelled = magic_kind(span, head)
+    if spelled is not None:
+        # A header length's low bytes can spell a magic (35,615 is gzip's 1F 8B, 67,324,752 a zip's
+        # PK\3\4): valid safetensors is safetensors to its loaders (the scanner reads it both ways).
+        return Kind.SAFETENSORS if is_safetensors(span, head) and reads_as_safetensors(span) else spelled
     if is_safetensors(span, head):
         # Before the pickle check: a header length of 0x3?80 starts with the PROTO opcode. A valid
         # header length (<= 100 MB) leaves at most 4 bytes before NUL bytes, too few for an import.
@@ -110,7 +121,7 @@ def sniff(span: Span) -> Kind:
         return Kind.TAR
     if unopened_format(head) is not None:
         return Kind.UNOPENED
-    if head.startswith(LZMA_ALONE_MAGIC):
+    if starts_lzma_alone(head):
         return Kind.LZMA
     if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0:
         return Kind.ZLIB
@@ -151,6 +162,25 @@ def starts_tar_header(head: bytes) -> bool:
     except tarfile.HeaderError:
         return False
     return True
+
+
+def starts_lzma_alone(head: bytes) -> bool:
+    """An lzma "alone" stream: joblib's prefix, or any header liblzma's automatic decoder takes (any
+    lc + lp <= 4 and pb <= 4, as ``lzma.compress(format=FORMAT_ALONE, filters=...)`` writes them)
+    followed by the range coder's first byte, which is always zero. The header is 14 fixed bytes
+    that text and other formats do not spell; a stream the decoder then refuses is "not lzma"
+    (``WEAK_MAGIC`` in the engine). Dictionary sizes only ``FORMAT_ALONE`` takes (no encoder
+    writes them, no loader reads them that way) are not lzma: those bytes are unknown, never clean."""
+    if head.startswith(LZMA_ALONE_MAGIC):
+        return True
+    if len(head) <= LZMA_ALONE_HEADER.size or head[LZMA_ALONE_HEADER.size] != 0:
+        return False
+    props, dict_size, size = LZMA_ALONE_HEADER.unpack_from(head)
+    if props >= 225 or props % 9 + props % 45 // 9 > 4:  # lc + lp > 4
+        return False
+    if dict_size < LZMA_MIN_DICT_SIZE or size >= LZMA_MAX_KNOWN_SIZE and size != LZMA_UNKNOWN_SIZE:
+        return False
+    return dict_size == 0xFFFFFFFF or dict_size // (dict_size & -dict_size) in (1, 3)  # 2^n or 3 * 2^(n-1)
 
 
 def hdf5_superblock(span: Span) -> int | None:
@@ -205,14 +235,43 @@ def joblib_zfile_data_offset(head: bytes) -> int | None:
 
 
 def is_safetensors(span: Span, head: bytes | None = None) -> bool:
-    """8-byte little-endian header length that fits the file, then a JSON object."""
+    """8-byte little-endian header length that fits the file, then a JSON object. A header whose
+    whitespace runs past ``head`` (writers may pad it, hostile files may lead with it) is left to
+    the one header reader: no window decides."""
     head = span.head(16) if head is None else head
     if len(head) < 9:
         return False
     n = struct.unpack_from("<Q", head)[0]
     if n == 0 or n > MAX_HEADER_BYTES or 8 + n > span.size:
         return False
-    return head[8:].lstrip(b" \t\r\n")[:1] == b"{"
+    text = head[8:].lstrip(b" \t\r\n")
+    if text or len(head) >= span.size:
+        return text[:1] == b"{"
+    return reads_as_safetensors(span)
+
+
+def reads_as_safetensors(span: Span) -> bool:
+    """The one header reader takes the span for safetensors: every format rule (ST-F01 to ST-F18) passes."""
+    # loaded only for a span that needs it: its JSON readers (numpy, msgspec) cost every other scan start-up time
+    from tensorsafe.readers.safetensors.read import read_checked_header
+
+    try:
+        read_checked_header(span)
+    except ParseError:
+        return False
+    return True
+
+
+def magic_kind(span: Span, head: bytes | None = None) -> Kind | None:
+    """The kind the first bytes spell by magic alone (:data:`LEADING_MAGICS`, skippable frames), if any."""
+    head = span.head(512) if head is None else head
+    if head:
+        for magic, kind in LEADING_MAGICS.get(head[0], ()):
+            if head.startswith(magic) and (kind is not Kind.BZ2 or len(head) > 3 and head[3:4] in b"123456789"):
+                return kind
+    if _is_skippable_frame(head):
+        return _after_skippable_frames(span)
+    return None
 
 
 def may_hold_zip_at_end(span: Span) -> bool:

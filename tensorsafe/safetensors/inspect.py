@@ -9,6 +9,7 @@ from tensorsafe.readers.format_name import explain_format_error
 from tensorsafe.readers.safetensors.layout import FileSource
 from tensorsafe.readers.safetensors.model import HeaderFormatError, TensorInfo
 from tensorsafe.readers.safetensors.read import read_unambiguous_header
+from tensorsafe.report import printable
 from tensorsafe.safetensors.validator import SAFETENSORS_SUFFIX
 
 
@@ -81,14 +82,6 @@ def to_table(ins: Inspection) -> str:
     lines += [f"  {dtype}: {r['tensors']:,} tensors, {r['elements']:,} elements, {r['bytes']:,} bytes"
               for dtype, r in totals["by_dtype"].items()]
     return "\n".join(lines)
-
-
-def printable(text: str) -> str:
-    """``text`` with control, format and other invisible characters escaped (a name cannot rewrite the terminal)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
-                   for c in text)
 
 
 def _short(value: str, limit: int = 200) -> str:
