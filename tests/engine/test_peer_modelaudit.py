@@ -15,12 +15,11 @@ import json
 import lzma
 import pickle
 import struct
-import tarfile
-import zipfile
 import zlib
 
 import pytest
 
+from tests.archives import tar_bytes, zip_bytes
 from tests import pickle_ops as ops
 from tests.conftest import rule_ids
 
@@ -39,22 +38,10 @@ def _stack_global(module: str, name: str) -> bytes:
             + ops.TUPLE1 + ops.REDUCE + ops.STOP)
 
 
-def _zip(members: dict[str, bytes | str]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return out.getvalue()
+_zip = zip_bytes
 
 
-def _tar(members: dict[str, bytes], mode: str = "w") -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode=mode) as t:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return out.getvalue()
+_tar = tar_bytes
 
 
 def assert_not_clean(report) -> None:

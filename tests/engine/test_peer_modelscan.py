@@ -40,6 +40,7 @@ import pytest
 import torch
 
 import tensorsafe
+from tests.archives import zip_bytes
 from tests.cli_runner import invoke
 from tests.conftest import rule_ids
 
@@ -97,12 +98,7 @@ def _injected(obj: Any, protocol: int = 4) -> bytes:
     return out.getvalue()
 
 
-def _zip(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=compression) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return out.getvalue()
+_zip = zip_bytes
 
 
 def _torch_save(obj: Any, *, zip_format: bool = True, **kwargs: Any) -> bytes:

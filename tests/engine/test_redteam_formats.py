@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import io
 import json
 import lzma
 import struct
 import tarfile
-import zipfile
 import zlib
 
 import pytest
 
 from tensorsafe.engine import chat_templates
 from tensorsafe.engine.jinja_template import check_template
+from tests.archives import tar_bytes, zip_bytes
 from tests.conftest import rule_ids
 
 PICKLE = b"cos\nsystem\n(S'true'\ntR."
@@ -27,22 +26,11 @@ INERT = b"\x80\x04K\x01."
 ESCAPE = "{{ cycler.__init__.__globals__.os.popen('true').read() }}"
 
 
-def _zip(members: dict[str, bytes | str]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return out.getvalue()
+_zip = zip_bytes
 
 
 def _tar(members: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as t:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return out.getvalue()
+    return tar_bytes(members, format=tarfile.USTAR_FORMAT)
 
 
 def _gstr(b: bytes | str) -> bytes:

@@ -6,11 +6,9 @@ headers are parsed once per distinct header text. Each case here scans real file
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import struct
-import zipfile
 
 import pytest
 
@@ -19,6 +17,7 @@ from tensorsafe.engine import scanner
 from tensorsafe.errors import UnreadableFileError
 from tensorsafe.limits import ScanLimits
 from tensorsafe.readers import blob
+from tests.archives import zip_bytes
 from tests import pickle_ops as ops
 from tests.conftest import rule_ids
 
@@ -26,12 +25,7 @@ PAYLOAD = ops.proto(2) + ops.global_("os", "system") + ops.binunicode("true") + 
 """os.system("true"): harmless, and what a loader would run."""
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return out.getvalue()
+_zip = zip_bytes
 
 
 def _npy(header: str, body: bytes = b"") -> bytes:

@@ -11,7 +11,6 @@ here is ever unpickled (the oracle in ``tests/pickle_oracle.py`` models what a l
 from __future__ import annotations
 
 import ast
-import io
 import pickletools
 import random
 import struct
@@ -32,6 +31,7 @@ from tensorsafe.pickles.values import Global
 from tensorsafe.readers import blob, numpy_files, sniff
 from tensorsafe.readers.blob import Span
 from tensorsafe.report import Location
+from tests.archives import zip_bytes
 from tests import pickle_ops as op
 from tests.conftest import rule_ids
 from tests.pickle_oracle import run_stream
@@ -42,12 +42,7 @@ PAYLOAD_BODY = PAYLOAD[2:]
 """The same without its PROTO: put behind any front."""
 
 
-def _zip(members: dict[str, bytes], method: int = zipfile.ZIP_STORED) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", method) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return out.getvalue()
+_zip = zip_bytes
 
 
 def _summary(report: tensorsafe.Report) -> list[tuple]:
